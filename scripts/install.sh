@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything this project needs on a fresh Debian/Ubuntu machine:
+#   system tools (unar for UCF101.rar, ffmpeg for the extraction benchmark) and a virtual environment
+#   .venv with the pinned Python dependencies and the `larp` package (editable).
+# Usage: bash scripts/install.sh            (VENV=path to choose another location)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3.11}
+
+need_apt=()
+command -v unar >/dev/null || need_apt+=(unar)
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
+command -v git >/dev/null || need_apt+=(git)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing system packages: ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "warning: please install ${need_apt[*]} (e.g. sudo apt-get install ${need_apt[*]})" >&2
+  fi
+fi
+
+command -v "$PY" >/dev/null || { echo "error: $PY not found (Python 3.11 is required)" >&2; exit 1; }
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | sed "/is ignored: it is neither/d"
+"$VENV/bin/python" -m pip install -q -e '.[test]' 2>&1 | sed "/is ignored: it is neither/d"
+"$VENV/bin/python" -c "import larp, torch, torchvision, av; print('larp', larp.__version__, '| torch', torch.__version__)"
+echo "done: activate with  . $VENV/bin/activate"

@@ -1,0 +1,583 @@
+"""Typed, validated parameters: one dataclass per concern, two named presets, params.yaml overrides.
+
+Resolution of the parameters a stage runs with, for one dataset:
+
+    preset (``paper`` or ``tiny``, chosen per dataset in params.yaml ``presets:``)
+      <- top-level groups of params.yaml (``prior: {alpha: 0.1}`` overrides the preset's value)
+
+Every key is checked against the dataclasses: an unknown key, a value of the wrong type or an
+out-of-range value raises :class:`ParamsError` naming the dotted key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DATASETS = ("embedded", "ucf101")
+PRESET_NAMES = ("paper", "tiny")
+
+
+class ParamsError(ValueError):
+    """A parameter file or override is invalid; the message names the offending key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ParamsError(f"{key}: {msg}")
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class DataParams:
+    size: int = 128  # frames are resized (short side, antialias) + centre-cropped to size x size
+    frames: int = 16  # clip length fed to the models
+    shard_videos: int = 256  # videos per frame shard (DVC then tracks tens of files, not thousands)
+    workers: int = 2  # extraction processes
+    split: int = 1  # official split whose train/test lists the stages use
+
+    def validate(self) -> None:
+        _check(self.size >= 8, "data.size", f"must be >= 8, got {self.size}")
+        _check(self.frames >= 1, "data.frames", f"must be >= 1, got {self.frames}")
+        _check(self.shard_videos >= 1, "data.shard_videos", "must be >= 1")
+        _check(self.workers >= 1, "data.workers", "must be >= 1")
+        _check(self.split in (1, 2, 3), "data.split", f"must be 1, 2 or 3, got {self.split}")
+
+
+@dataclass
+class UCF101Params:
+    source: Literal["official", "mirror"] = "official"  # official RAR + split zip, or the zip mirror
+
+    def validate(self) -> None:
+        pass  # the Literal type is checked on load
+
+
+@dataclass
+class EmbeddedParams:
+    """The self-generated dataset: shapes and textures moving in class-specific ways."""
+
+    num_classes: int = 8
+    train_per_class: int = 6
+    test_per_class: int = 2
+    min_frames: int = 20
+    max_frames: int = 32
+    height: int = 48  # deliberately not square: exercises resize + centre crop
+    width: int = 64
+    fps: int = 25
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(2 <= self.num_classes <= 12, "embedded.num_classes", "must be in [2, 12]")
+        _check(self.train_per_class >= 1, "embedded.train_per_class", "must be >= 1")
+        _check(self.test_per_class >= 0, "embedded.test_per_class", "must be >= 0")
+        _check(1 <= self.min_frames <= self.max_frames, "embedded.min_frames", "must be in [1, max_frames]")
+        _check(self.height >= 16 and self.width >= 16, "embedded.height", "height and width must be >= 16")
+        _check(self.height % 2 == 0 and self.width % 2 == 0, "embedded.height", "height/width must be even (yuv420p)")
+        _check(self.fps >= 1, "embedded.fps", "must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+
+
+@dataclass
+class TokenizerConfig:
+    """LARP tokenizer architecture (defaults = LARP-L-Long, LARP_SPEC.md section 1)."""
+
+    frames: int = 16
+    size: int = 128
+    channels: int = 3
+    patch_t: int = 4
+    patch_hw: int = 8
+    width: int = 768
+    depth: int = 12  # encoder and decoder each
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    num_tokens: int = 1024  # holistic queries = tokens per clip
+    code_dim: int = 16
+    codebook_size: int = 8192
+    svq_temperature: float = 0.03  # tau of softmax(cos / tau)
+    query_init_std: float = 0.02
+    # the training-time AR prior (gptc-S)
+    use_prior: bool = True
+    prior_depth: int = 12
+    prior_width: int = 384
+    prior_heads: int = 6
+    prior_dropout: float = 0.1
+    # [quirk] official GPTC applies attention dropout even in eval mode; False = the usual behaviour
+    prior_attn_dropout_in_eval: bool = True
+    # [quirk] official init overwrites GPTC's N(0, .02) with the tokenizer's xavier init; False keeps N(0, .02)
+    prior_xavier_init: bool = True
+
+    def validate(self) -> None:
+        _check(self.frames % self.patch_t == 0, "tokenizer.frames", "must be a multiple of tokenizer.patch_t")
+        _check(self.size % self.patch_hw == 0, "tokenizer.size", "must be a multiple of tokenizer.patch_hw")
+        _check(self.width % self.heads == 0, "tokenizer.width", "must be divisible by tokenizer.heads")
+        _check(self.prior_width % self.prior_heads == 0, "tokenizer.prior_width", "must be divisible by prior_heads")
+        _check(self.svq_temperature > 0, "tokenizer.svq_temperature", "must be > 0")
+        _check(self.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2")
+        _check(self.codebook_size <= 65536, "tokenizer.codebook_size", "must fit uint16 token storage (<= 65536)")
+        _check(self.num_tokens >= 2, "tokenizer.num_tokens", "must be >= 2")
+        _check(0.0 <= self.prior_dropout < 1.0, "tokenizer.prior_dropout", "must be in [0, 1)")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.frames // self.patch_t) * (self.size // self.patch_hw) ** 2
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Transformer discriminator (reproduce scripts: 512 wide, 8 heads, 12 layers)."""
+
+    frames: int = 16
+    size: int = 128
+    channels: int = 3
+    patch_t: int = 4
+    patch_hw: int = 8
+    width: int = 512
+    depth: int = 12
+    heads: int = 8
+    mlp_ratio: float = 4.0
+
+    def validate(self) -> None:
+        _check(self.width % self.heads == 0, "discriminator.width", "must be divisible by discriminator.heads")
+        _check(self.frames % self.patch_t == 0, "discriminator.frames", "must be a multiple of patch_t")
+        _check(self.size % self.patch_hw == 0, "discriminator.size", "must be a multiple of patch_hw")
+
+
+@dataclass
+class GeneratorConfig:
+    """Llama-style AR generator with learned absolute positions (paper preset: llama-abs-LP)."""
+
+    depth: int = 30
+    width: int = 1280
+    heads: int = 20
+    ffn_multiple_of: int = 256  # SwiGLU hidden = round_up(int(2 * 4 * width / 3), multiple_of) = 3584
+    vocab_size: int = 8192
+    seq_len: int = 1024  # tokens per clip
+    num_classes: int = 101  # + 1 null class for classifier-free guidance
+    token_dropout: float = 0.1
+    class_dropout: float = 0.1
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def validate(self) -> None:
+        _check(self.width % self.heads == 0, "generator.width", "must be divisible by generator.heads")
+        for k in ("token_dropout", "class_dropout", "resid_dropout", "ffn_dropout"):
+            v = getattr(self, k)
+            _check(0.0 <= v < 1.0, f"generator.{k}", f"must be in [0, 1), got {v}")
+        _check(self.num_classes >= 1, "generator.num_classes", "must be >= 1")
+
+    @property
+    def ffn_hidden(self) -> int:
+        h = int(2 * 4 * self.width / 3)
+        m = self.ffn_multiple_of
+        return m * ((h + m - 1) // m)
+
+
+# --------------------------------------------------------------------------------------------------
+# losses and training
+
+
+@dataclass
+class PriorParams:
+    """How the AR prior enters the tokenizer loss (LARP_SPEC.md section 2)."""
+
+    alpha: float = 0.06  # weight of the prior CE; 0 disables the prior (no module, no compute)
+    n_rounds: int = 2
+    ss_max_ratio: float = 0.5  # scheduled sampling: replacement probability reached...
+    ss_peak_steps_ratio: float = 0.3  # ...after this fraction of all training steps
+    ce_temperature: float = 1.0
+
+    def validate(self) -> None:
+        _check(self.alpha >= 0, "prior.alpha", f"must be >= 0, got {self.alpha}")
+        _check(self.n_rounds >= 1, "prior.n_rounds", "must be >= 1")
+        _check(0 <= self.ss_max_ratio <= 1, "prior.ss_max_ratio", "must be in [0, 1]")
+        _check(0 < self.ss_peak_steps_ratio <= 1, "prior.ss_peak_steps_ratio", "must be in (0, 1]")
+        _check(self.ce_temperature > 0, "prior.ce_temperature", "must be > 0")
+
+
+@dataclass
+class LossParams:
+    """Tokenizer objective (LARP_SPEC.md section 3)."""
+
+    l1_weight: float = 1.0
+    perceptual_weight: float = 1.0  # LPIPS-VGG; 0 = no LPIPS (no weights download)
+    gan_weight: float = 0.3
+    vq_weight: float = 0.1
+    commit_weight: float = 0.25
+    codebook_weight: float = 1.0
+    lecam_weight: float = 0.001
+    lecam_ema_decay: float = 0.999
+    d_update_every: int = 5
+    disc_start: int = 0
+    label_noise: float = 0.15  # ns_smooth: |N(0,1)| * 0.15, clamped to [0.7, 1] / [0, 0.3]
+    # [quirk] the official loss multiplies LeCam by its weight twice (effective 1e-6)
+    lecam_weight_applied_twice: bool = True
+    # [quirk] disc_start is compared with the epoch, not the step
+    gan_start_compares_epoch: bool = True
+
+    def validate(self) -> None:
+        for k in ("l1_weight", "perceptual_weight", "gan_weight", "vq_weight", "lecam_weight"):
+            _check(getattr(self, k) >= 0, f"loss.{k}", "must be >= 0")
+        _check(self.d_update_every >= 1, "loss.d_update_every", "must be >= 1")
+        _check(0 <= self.lecam_ema_decay < 1, "loss.lecam_ema_decay", "must be in [0, 1)")
+
+
+@dataclass
+class TrainParams:
+    """One training run: the shared loop (tokenizer and AR generator both use it)."""
+
+    epochs: int = 150
+    max_steps: int | None = None  # None: epochs x steps per epoch
+    warmup_epochs: float = 8.0
+    lr: float = 1e-4
+    d_lr: float = 3e-5  # discriminator (tokenizer only)
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    min_lr_mult: float = 0.01
+    global_batch: int = 128
+    micro_batch: int = 16  # per device and step; accumulation makes up the global batch
+    amp: Literal["fp16", "bf16", "none"] = "fp16"
+    compile: bool = True
+    seed: int = 66667
+    num_workers: int = 8
+    checkpoint_every: int = 1000  # steps
+    log_every: int = 10
+    sample_every: int = 5000
+    # [quirk] the official scheduler overwrites every param group's lr, so prior_lr_mult = 50 has no effect
+    prior_lr_mult: float = 50.0
+    honor_prior_lr_mult: bool = False
+    # [quirk] tokenizer validation uses stochastic SVQ in the official trainer
+    stochastic_validation: bool = True
+
+    def validate(self, group: str = "train") -> None:
+        _check(self.epochs >= 1, f"{group}.epochs", "must be >= 1")
+        _check(self.max_steps is None or self.max_steps >= 1, f"{group}.max_steps", "must be >= 1 or null")
+        _check(self.lr > 0, f"{group}.lr", f"must be > 0, got {self.lr}")
+        _check(self.d_lr > 0, f"{group}.d_lr", "must be > 0")
+        _check(self.weight_decay >= 0, f"{group}.weight_decay", "must be >= 0")
+        _check(0 <= self.min_lr_mult <= 1, f"{group}.min_lr_mult", "must be in [0, 1]")
+        _check(self.warmup_epochs >= 0, f"{group}.warmup_epochs", "must be >= 0")
+        _check(self.micro_batch >= 1, f"{group}.micro_batch", "must be >= 1")
+        _check(self.global_batch % self.micro_batch == 0, f"{group}.global_batch",
+               f"must be a multiple of micro_batch ({self.micro_batch})")
+        _check(self.checkpoint_every >= 1, f"{group}.checkpoint_every", "must be >= 1")
+        _check(all(0 <= b < 1 for b in self.betas), f"{group}.betas", "must be in [0, 1)")
+
+
+@dataclass
+class TokenizeParams:
+    clip_stride: int = 8  # start offsets of the pre-tokenized clips (frames)
+    flips: bool = True  # also store the horizontally flipped clips
+    batch_size: int = 32
+    shard_clips: int = 4096
+
+    def validate(self) -> None:
+        _check(self.clip_stride >= 1, "tokenize.clip_stride", "must be >= 1")
+        _check(self.batch_size >= 1, "tokenize.batch_size", "must be >= 1")
+        _check(self.shard_clips >= 1, "tokenize.shard_clips", "must be >= 1")
+
+
+@dataclass
+class SampleParams:
+    cfg_scale: float = 1.25
+    temperature: float = 1.0
+    top_k: int | None = None  # None = off
+    top_p: float | None = None  # None = off
+    batch_size: int = 64
+    num_shards: int = 20  # sampling jobs the workflow fans out to
+    seed: int = 0
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+
+    def validate(self) -> None:
+        _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")
+        _check(self.temperature > 0, "sample.temperature", "must be > 0")
+        _check(self.top_k is None or self.top_k >= 1, "sample.top_k", "must be >= 1 or null")
+        _check(self.top_p is None or 0 < self.top_p <= 1, "sample.top_p", "must be in (0, 1] or null")
+        _check(self.batch_size >= 1, "sample.batch_size", "must be >= 1")
+        _check(self.num_shards >= 1, "sample.num_shards", "must be >= 1")
+
+
+@dataclass
+class FVDParams:
+    detector: Literal["i3d-torchscript", "i3d-random"] = "i3d-torchscript"
+    num_clips: int = 10000  # gFVD: real clips drawn (and generated videos)
+    clip_seed: int = 42  # random.Random(42) selection of the real clips
+    frames: int = 16
+    rfvd_seed: int = 0  # which clip of each video the rFVD reconstructs
+    rfvd_max_videos: int | None = None  # None = every split train video (9,537 for UCF-101)
+    bootstrap: int = 100  # bootstrap resamples for the confidence interval
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        _check(self.num_clips >= 2, "fvd.num_clips", "must be >= 2")
+        _check(self.frames >= 9, "fvd.frames", "the I3D needs at least 9 frames")
+        _check(self.bootstrap >= 0, "fvd.bootstrap", "must be >= 0")
+        _check(self.batch_size >= 1, "fvd.batch_size", "must be >= 1")
+        _check(self.rfvd_max_videos is None or self.rfvd_max_videos >= 2, "fvd.rfvd_max_videos", "must be >= 2 or null")
+
+
+@dataclass
+class StageResources:
+    gpus: int = 0
+    cpus: int = 2
+    mem_mb: int = 8000
+    runtime: int = 60  # minutes
+
+    def validate(self, key: str = "resources") -> None:
+        _check(self.gpus >= 0, f"{key}.gpus", "must be >= 0")
+        _check(self.cpus >= 1, f"{key}.cpus", "must be >= 1")
+        _check(self.mem_mb >= 100, f"{key}.mem_mb", "must be >= 100")
+        _check(self.runtime >= 1, f"{key}.runtime", "must be >= 1")
+
+
+@dataclass
+class ResourcesParams:
+    download: StageResources = field(default_factory=lambda: StageResources(cpus=1, mem_mb=2000, runtime=240))
+    extract: StageResources = field(default_factory=lambda: StageResources(cpus=16, mem_mb=32000, runtime=240))
+    train_tokenizer: StageResources = field(
+        default_factory=lambda: StageResources(gpus=8, cpus=64, mem_mb=256000, runtime=4320))
+    tokenize: StageResources = field(default_factory=lambda: StageResources(gpus=1, cpus=8, mem_mb=64000, runtime=480))
+    train_ar: StageResources = field(
+        default_factory=lambda: StageResources(gpus=8, cpus=32, mem_mb=256000, runtime=4320))
+    sample: StageResources = field(default_factory=lambda: StageResources(gpus=1, cpus=4, mem_mb=32000, runtime=240))
+    fvd: StageResources = field(default_factory=lambda: StageResources(gpus=1, cpus=8, mem_mb=32000, runtime=240))
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f"resources.{f.name}")
+
+
+# --------------------------------------------------------------------------------------------------
+# all parameters of one run
+
+
+@dataclass
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    ucf101: UCF101Params = field(default_factory=UCF101Params)
+    embedded: EmbeddedParams = field(default_factory=EmbeddedParams)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    prior: PriorParams = field(default_factory=PriorParams)
+    loss: LossParams = field(default_factory=LossParams)
+    train_tokenizer: TrainParams = field(default_factory=TrainParams)
+    tokenize: TokenizeParams = field(default_factory=TokenizeParams)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    train_ar: TrainParams = field(default_factory=lambda: TrainParams(
+        epochs=3000, warmup_epochs=4.0, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.05, global_batch=64,
+        micro_batch=8, amp="bf16", seed=66667, checkpoint_every=2000, sample_every=20000))
+    sample: SampleParams = field(default_factory=SampleParams)
+    fvd: FVDParams = field(default_factory=FVDParams)
+    resources: ResourcesParams = field(default_factory=ResourcesParams)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            sub = getattr(self, f.name)
+            if isinstance(sub, TrainParams):
+                sub.validate(f.name)
+            else:
+                sub.validate()
+        # cross-group consistency: the models must see the clips the data stage produces
+        t, d = self.tokenizer, self.discriminator
+        _check(t.size == self.data.size, "tokenizer.size", f"must equal data.size ({self.data.size})")
+        _check(t.frames == self.data.frames, "tokenizer.frames", f"must equal data.frames ({self.data.frames})")
+        _check((d.size, d.frames) == (t.size, t.frames), "discriminator.size",
+               "discriminator size/frames must equal the tokenizer's")
+        _check(self.generator.seq_len == t.num_tokens, "generator.seq_len",
+               f"must equal tokenizer.num_tokens ({t.num_tokens})")
+        _check(self.generator.vocab_size == t.codebook_size, "generator.vocab_size",
+               f"must equal tokenizer.codebook_size ({t.codebook_size})")
+        _check(self.fvd.frames == self.data.frames, "fvd.frames", f"must equal data.frames ({self.data.frames})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _paper() -> Params:
+    """Paper scale: LARP-L-Long tokenizer + llama-abs-LP, the UCF-101 protocol (LARP_SPEC.md)."""
+    return Params()
+
+
+def _tiny() -> Params:
+    """CPU scale: the whole chain on 2 cores in minutes. Same code, smaller numbers."""
+    return Params(
+        data=DataParams(size=32, frames=16, shard_videos=16, workers=2),
+        tokenizer=TokenizerConfig(
+            frames=16, size=32, patch_t=4, patch_hw=8, width=64, depth=2, heads=4, num_tokens=64, code_dim=8,
+            codebook_size=256, prior_depth=2, prior_width=64, prior_heads=4),
+        discriminator=DiscriminatorConfig(frames=16, size=32, width=64, depth=2, heads=4),
+        loss=LossParams(perceptual_weight=0.0),  # no LPIPS download on the embedded run
+        train_tokenizer=TrainParams(
+            epochs=1, max_steps=300, warmup_epochs=0.0, lr=1e-3, d_lr=3e-4, global_batch=8, micro_batch=8,
+            amp="fp16", compile=False, seed=66667, num_workers=0, checkpoint_every=100, log_every=10,
+            sample_every=100),
+        tokenize=TokenizeParams(clip_stride=8, flips=True, batch_size=16, shard_clips=256),
+        generator=GeneratorConfig(
+            depth=2, width=64, heads=4, ffn_multiple_of=32, vocab_size=256, seq_len=64, num_classes=8),
+        train_ar=TrainParams(
+            epochs=1, max_steps=300, warmup_epochs=0.0, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.05,
+            global_batch=16, micro_batch=16, amp="bf16", compile=False, seed=66667, num_workers=0,
+            checkpoint_every=100, log_every=10, sample_every=100),
+        sample=SampleParams(cfg_scale=1.25, batch_size=16, num_shards=2, dtype="fp32"),
+        fvd=FVDParams(detector="i3d-random", num_clips=64, rfvd_max_videos=None, bootstrap=20, batch_size=8),
+        resources=ResourcesParams(**{
+            name: StageResources(gpus=1 if name in ("train_tokenizer", "train_ar", "tokenize", "sample") else 0,
+                                 cpus=1, mem_mb=2000, runtime=30)
+            for name in ("download", "extract", "train_tokenizer", "tokenize", "train_ar", "sample", "fvd")}),
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], Params]] = {"paper": _paper, "tiny": _tiny}
+
+
+def preset(name: str) -> Params:
+    if name not in PRESETS:
+        raise ParamsError(f"preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[name]()
+    p.validate()
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# strict construction from plain dicts
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            _check(type(None) in args, key, "must not be null")
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ParamsError as e:
+                errors.append(str(e))
+        raise ParamsError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        _check(value in allowed, key, f"must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        _check(isinstance(value, (list, tuple)) and len(value) == len(args), key,
+               f"must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, dict), key, f"must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"must be true/false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    raise ParamsError(f"{key}: unsupported annotation {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, base: Any = None) -> Any:
+    """Build ``cls`` from ``values`` on top of ``base`` (an instance) or the class defaults."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ParamsError(f"{where}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    obj = copy.deepcopy(base) if base is not None else cls()
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else k
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            setattr(obj, k, _build(tp, v, key, getattr(obj, k)))
+        else:
+            setattr(obj, k, _coerce(v, tp, key))
+    return obj
+
+
+def apply_overrides(params: Params, overrides: dict[str, Any]) -> Params:
+    """Return ``params`` with the nested ``overrides`` applied and validated."""
+    out = _build(Params, overrides, "", params)
+    out.validate()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# params.yaml
+
+
+@dataclass
+class ParamsFile:
+    """params.yaml: the dataset `dvc repro` builds, the preset of each dataset, and the overrides."""
+
+    dataset: str
+    presets: dict[str, str]
+    overrides: dict[str, Any]
+    path: Path
+
+    def resolve(self, dataset: str | None = None) -> Params:
+        name = dataset or self.dataset
+        if name not in self.presets:
+            raise ParamsError(f"presets.{name}: no preset chosen for dataset {name!r} in {self.path}")
+        return apply_overrides(preset(self.presets[name]), self.overrides)
+
+
+def read_params_file(path: str | Path) -> ParamsFile:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    _check(isinstance(raw, dict), str(path), "must be a mapping of parameter groups")
+    raw = dict(raw)
+    dataset = raw.pop("dataset", "embedded")
+    _check(dataset in DATASETS, "dataset", f"must be one of {list(DATASETS)}, got {dataset!r}")
+    presets = raw.pop("presets", {"embedded": "tiny", "ucf101": "paper"})
+    _check(isinstance(presets, dict), "presets", "must map dataset names to preset names")
+    for ds, pr in presets.items():
+        _check(ds in DATASETS, f"presets.{ds}", f"unknown dataset; known: {list(DATASETS)}")
+        _check(pr in PRESETS, f"presets.{ds}", f"unknown preset {pr!r}; choose one of {sorted(PRESETS)}")
+    groups = {f.name for f in dataclasses.fields(Params)}
+    for g, v in raw.items():
+        _check(g in groups, g, f"unknown parameter group (known: dataset, presets, {', '.join(sorted(groups))})")
+        _check(isinstance(v, dict) or v is None, g, "must be a mapping")
+    overrides = {g: (v or {}) for g, v in raw.items()}
+    pf = ParamsFile(dataset=dataset, presets=presets, overrides=overrides, path=path)
+    for ds in presets:  # validate against every preset now, before any work starts
+        pf.resolve(ds)
+    return pf
+
+
+def load_params(path: str | Path = "params.yaml", dataset: str | None = None) -> Params:
+    """Validated, typed parameters for ``dataset`` (default: the file's ``dataset``).
+
+    Raises :class:`ParamsError` (a ``ValueError``) on unknown keys, wrong types or out-of-range values.
+    """
+    return read_params_file(path).resolve(dataset)

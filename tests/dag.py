@@ -1,0 +1,79 @@
+"""Read the pipeline as each tool sees it, with the tools' own parsers (used by test_dag_parity)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+_LOG_REDIRECT = re.compile(r"\s+2>\s*\S+$")  # Snakemake rules send stderr to their log: file
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def dvc_stages(root: Path) -> dict[str, dict]:
+    """Stage name -> cmd, deps, outs (incl. metrics and plots) and param keys, as DVC resolves them."""
+    from dvc.repo import Repo
+
+    out = {}
+    with Repo(str(root)) as repo:
+        for st in repo.index.stages:
+            params = set()
+            deps = set()
+            for d in st.deps:
+                if type(d).__name__ == "ParamsDependency":
+                    params |= set(d.params)
+                else:
+                    deps.add(d.def_path)
+            cmd = st.cmd if isinstance(st.cmd, str) else " && ".join(st.cmd)
+            out[st.name.split("@")[0] if "@" not in st.name else st.name] = dict(
+                cmd=" ".join(cmd.split()), deps=deps, outs={o.def_path for o in st.outs}, params=params)
+    return out
+
+
+def snakemake_jobs(root: Path, targets: list[str]) -> dict[str, dict]:
+    """Rule name -> the same fields for every job Snakemake plans to build ``targets`` from scratch."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import DAGSettings, OutputSettings, Quietness, ResourceSettings
+
+    out: dict[str, dict] = {}
+    with _cwd(root), SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path("Snakefile"),
+                          workdir=Path("."))
+        wf.dag(dag_settings=DAGSettings(targets=set(targets), forceall=True))
+        w = wf._workflow  # Snakemake has no public DAG-introspection API
+        w._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
+        w._build_dag()
+        for job in w.dag.jobs:
+            name = job.rule.name
+            key = name if name not in out else f"{name}@{job.wildcards_dict}"
+            params = dict(job.params.items()).get("tracked", {})
+            out[key] = dict(cmd=" ".join(_LOG_REDIRECT.sub("", job.shellcmd).split()),
+                            deps={str(f) for f in job.input}, outs={str(f) for f in job.output},
+                            params=set(params))
+    return out
+
+
+def compare(dvc: dict[str, dict], smk: dict[str, dict]) -> list[str]:
+    """Human-readable differences; empty when the two tools describe the same pipeline."""
+    diffs = []
+    for name in sorted(set(dvc) | set(smk)):
+        if name not in smk:
+            diffs.append(f"{name}: in dvc.yaml, not planned by Snakemake")
+            continue
+        if name not in dvc:
+            diffs.append(f"{name}: planned by Snakemake, not in dvc.yaml")
+            continue
+        for field in ("cmd", "deps", "outs", "params"):
+            if dvc[name][field] != smk[name][field]:
+                diffs.append(f"{name}.{field}: dvc={dvc[name][field]!r} snakemake={smk[name][field]!r}")
+    return diffs

@@ -1,0 +1,93 @@
+"""Parameters: presets, params.yaml overrides and strict validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from larp.config import ParamsError, load_params, preset, read_params_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, doc: dict) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def test_repo_params_file_is_valid_for_every_dataset():
+    pf = read_params_file(ROOT / "params.yaml")
+    assert pf.dataset == "embedded"
+    tiny, paper = pf.resolve("embedded"), pf.resolve("ucf101")
+    assert tiny.tokenizer.width < paper.tokenizer.width
+    assert paper.prior.alpha == pytest.approx(0.06)
+
+
+def test_paper_preset_matches_spec():
+    p = preset("paper")
+    t = p.tokenizer
+    assert (t.patch_t, t.patch_hw, t.width, t.depth, t.heads, t.num_tokens) == (4, 8, 768, 12, 12, 1024)
+    assert (t.code_dim, t.codebook_size, t.svq_temperature) == (16, 8192, 0.03)
+    assert (t.prior_depth, t.prior_width, t.prior_heads) == (12, 384, 6)
+    d = p.discriminator
+    assert (d.width, d.heads, d.depth) == (512, 8, 12)
+    g = p.generator
+    assert (g.depth, g.width, g.heads, g.ffn_hidden, g.seq_len, g.num_classes) == (30, 1280, 20, 3584, 1024, 101)
+    assert (p.train_tokenizer.lr, p.train_tokenizer.d_lr, p.train_tokenizer.betas) == (1e-4, 3e-5, (0.5, 0.9))
+    assert (p.train_tokenizer.global_batch, p.train_tokenizer.amp, p.train_tokenizer.warmup_epochs) == (128, "fp16", 8)
+    a = p.train_ar
+    assert (a.lr, a.betas, a.weight_decay, a.global_batch, a.amp, a.epochs) == (6e-4, (0.9, 0.95), 0.05, 64, "bf16", 3000)
+    assert (p.sample.cfg_scale, p.fvd.num_clips, p.fvd.clip_seed, p.fvd.frames) == (1.25, 10000, 42, 16)
+    assert p.prior.alpha == 0.06 and p.loss.gan_weight == 0.3 and p.loss.vq_weight == 0.1
+
+
+def test_override_applies_to_every_dataset(tmp_path):
+    p = write(tmp_path, {"prior": {"alpha": 0.1}, "sample": {"top_k": 50}})
+    assert load_params(p, "embedded").prior.alpha == 0.1
+    assert load_params(p, "ucf101").prior.alpha == 0.1
+    assert load_params(p, "ucf101").sample.top_k == 50
+
+
+@pytest.mark.parametrize("doc, key", [
+    ({"prior": {"alpah": 0.1}}, "prior.alpah"),                       # typo
+    ({"prior": {"alpha": -0.1}}, "prior.alpha"),                      # out of range
+    ({"prior": {"alpha": "high"}}, "prior.alpha"),                    # wrong type
+    ({"tokenizer": {"depth": 2.5}}, "tokenizer.depth"),               # float for int
+    ({"train_tokenizer": {"compile": "yes"}}, "train_tokenizer.compile"),  # str for bool
+    ({"train_tokenizer": {"amp": "fp8"}}, "train_tokenizer.amp"),     # not an allowed choice
+    ({"train_ar": {"betas": [0.9]}}, "train_ar.betas"),               # wrong length
+    ({"priors": {"alpha": 0.1}}, "priors"),                           # unknown group
+    ({"dataset": "kinetics"}, "dataset"),
+    ({"presets": {"embedded": "huge"}}, "presets.embedded"),
+    ({"resources": {"train_ar": {"gpus": -1}}}, "resources.train_ar.gpus"),
+    ({"tokenizer": {"codebook_size": 100000}}, "tokenizer.codebook_size"),
+    ({"tokenizer": {"size": 64}}, "tokenizer.size"),                  # inconsistent with data.size
+])
+def test_bad_values_name_the_key(tmp_path, doc, key):
+    with pytest.raises(ParamsError) as e:
+        read_params_file(write(tmp_path, doc))
+    assert str(e.value).startswith(key), str(e.value)
+
+
+def test_ints_accepted_for_floats_and_null_for_optionals(tmp_path):
+    p = load_params(write(tmp_path, {"prior": {"alpha": 0}, "sample": {"top_p": None}}))
+    assert isinstance(p.prior.alpha, float) and p.prior.alpha == 0.0
+    assert p.sample.top_p is None
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_cli_refuses_bad_params_before_work(tmp_path, capsys):
+    from larp.cli import main
+
+    bad = write(tmp_path, {"prior": {"alpha": -1}})
+    assert main(["extract", "--params", str(bad), "--dataset", "embedded", "--raw", str(tmp_path / "r"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "prior.alpha" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

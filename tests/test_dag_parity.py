@@ -1,0 +1,53 @@
+"""dvc.yaml and the Snakefile describe the same stages: commands, inputs, outputs and parameters."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dag import compare, dvc_stages, snakemake_jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _targets(stages: dict[str, dict]) -> list[str]:
+    return sorted({o for st in stages.values() for o in st["outs"]})
+
+
+def test_dvc_and_snakemake_describe_the_same_pipeline():
+    dvc = dvc_stages(ROOT)
+    assert {"download", "extract"} <= set(dvc)
+    smk = snakemake_jobs(ROOT, _targets(dvc))
+    assert compare(dvc, smk) == []
+
+
+def _copy_repo(tmp_path: Path) -> Path:
+    dst = tmp_path / "repo"
+    for name in ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvc", ".dvcignore"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__"))
+        else:
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst / name)
+    subprocess.run(["git", "init", "-q", str(dst)], check=True)  # DVC needs a git work tree
+    return dst
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ("--out data/frames/{wildcards.dataset} 2>", "--out data/frames/{wildcards.dataset} --fast 2>", "extract.cmd"),
+    ('tracked("presets.{dataset}", "data")', 'tracked("presets.{dataset}")', "extract.params"),
+    ('"src/larp/data",', "", "extract.deps"),
+])
+def test_parity_check_catches_drift(tmp_path, old, new, field):
+    repo = _copy_repo(tmp_path)
+    rules = repo / "workflow" / "rules" / "data.smk"
+    text = rules.read_text()
+    assert old in text
+    rules.write_text(text.replace(old, new))
+    dvc = dvc_stages(repo)
+    diffs = compare(dvc, snakemake_jobs(repo, _targets(dvc)))
+    assert any(d.startswith(field) for d in diffs), diffs

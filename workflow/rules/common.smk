@@ -1,0 +1,52 @@
+# Shared helpers: resolved parameters, the params.yaml keys each stage depends on, resources per preset.
+import functools
+
+from larp.config import DATASETS, read_params_file
+
+PARAMS_FILE = read_params_file("params.yaml")  # validated here: a bad key fails at parse time
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+
+
+@functools.cache
+def resolved(dataset):
+    return PARAMS_FILE.resolve(dataset)
+
+
+def _lookup(cfg, dotted):
+    for k in dotted.split("."):
+        cfg = cfg[k]
+    return cfg
+
+
+def tracked(*keys):
+    """Rule params = the params.yaml values a stage reads (the same keys as its dvc.yaml `params:`).
+
+    Snakemake reruns a rule when one of these values changes, as DVC does.
+    """
+
+    def values(wildcards):
+        names = [k.format(dataset=wildcards.dataset) for k in keys]
+        return {k: _lookup(config, k) for k in names}
+
+    return values
+
+
+def stage_resources(stage):
+    """SLURM resources of a stage from the dataset's preset (params.yaml `resources`)."""
+
+    def get(name):
+        return lambda wildcards: getattr(getattr(resolved(wildcards.dataset).resources, stage), name)
+
+    return dict(gpu=get("gpus"), mem_mb=get("mem_mb"), runtime=get("runtime"))
+
+
+def stage_threads(stage):
+    return lambda wildcards: getattr(resolved(wildcards.dataset).resources, stage).cpus
+
+
+def default_targets():
+    ds = config.get("dataset", "embedded")
+    return [f"data/frames/{ds}"]
