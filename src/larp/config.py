@@ -256,7 +256,7 @@ class TrainParams:
     num_workers: int = 8
     checkpoint_every: int = 1000  # steps
     log_every: int = 10
-    sample_every: int = 5000
+    sample_every: int | None = 5000  # steps between sample videos; None = never
     # [quirk] the official scheduler overwrites every param group's lr, so prior_lr_mult = 50 has no effect
     prior_lr_mult: float = 50.0
     honor_prior_lr_mult: bool = False
@@ -275,6 +275,8 @@ class TrainParams:
         _check(self.global_batch % self.micro_batch == 0, f"{group}.global_batch",
                f"must be a multiple of micro_batch ({self.micro_batch})")
         _check(self.checkpoint_every >= 1, f"{group}.checkpoint_every", "must be >= 1")
+        _check(self.log_every >= 1, f"{group}.log_every", "must be >= 1")
+        _check(self.sample_every is None or self.sample_every >= 1, f"{group}.sample_every", "must be >= 1 or null")
         _check(all(0 <= b < 1 for b in self.betas), f"{group}.betas", "must be in [0, 1)")
 
 

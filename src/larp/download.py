@@ -54,7 +54,8 @@ def file_digests(path: Path) -> dict[str, str]:
     return {"sha256": sha.hexdigest(), "md5": md5.hexdigest()}
 
 
-def _digests_and_problems(path: Path, sha256: str | None, md5: str | None) -> tuple[dict[str, str], list[str]]:
+def _digests_and_problems(path: Path, sha256: str | None,
+                          md5: str | None) -> tuple[dict[str, str], list[str]]:
     digests = file_digests(path) if md5 is not None else {"sha256": sha256_file(path)}
     problems = [f"{name} is {digests[name]}, expected {want}"
                 for name, want in (("sha256", sha256), ("md5", md5))
@@ -142,12 +143,15 @@ def download_file(url: str, dest: Path, *, sha256: str | None, retries: int = 5,
     ``sha256=None`` skips verification but prints the digest so it can be pinned. ``md5`` exists only for
     archives whose one published digest is an md5 (UCF101.rar). ``retries`` counts consecutive failed
     attempts that made no progress; the wait between attempts grows as ``backoff * 2**k`` seconds (max 60).
-    An existing ``dest`` that verifies is returned without any network access.
+    An existing ``dest`` that verifies (or any existing ``dest`` when no digest is given) is returned without
+    network access; one that fails is set aside like a bad download and fetched again.
     """
     dest = Path(dest)
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"download_file: url must be http:// or https://, got {url!r}")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and sha256 is None and md5 is None:
+        return dest  # nothing to verify against: trust it rather than re-hash gigabytes
     if dest.exists():
         try:
             verify_file(dest, sha256=sha256, md5=md5)
@@ -158,12 +162,13 @@ def download_file(url: str, dest: Path, *, sha256: str | None, retries: int = 5,
                   file=sys.stderr)
 
     part = dest.with_name(dest.name + ".part")
-    failures, last_size = 0, -1
+    failures, last_size = 0, (part.stat().st_size if part.exists() else 0)
     while True:
         try:
             _fetch_once(url, part, timeout, progress)
             break
         except urllib.error.HTTPError as e:
+            e.close()  # it holds the response's socket
             if not (e.code >= 500 or e.code in (408, 429)):
                 raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
             err: Exception = e

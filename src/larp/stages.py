@@ -22,7 +22,7 @@ def download(dataset: str, out: Path, params: Params) -> None:
     if dataset == "ucf101":
         from larp.data.ucf101 import download_ucf101
 
-        download_ucf101(out, source=params.ucf101.source)
+        download_ucf101(out, source=params.ucf101.source, workers=params.data.workers)
         return
     from larp.data.embedded import generate_embedded
 

@@ -20,12 +20,13 @@ Frames are rendered in float RGB (h w c) from signed distance functions with a o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import av
 import numpy as np
+from tqdm import tqdm
 
 from larp.config import EmbeddedParams
 from larp.files import atomic_path, atomic_write_text
@@ -55,9 +56,8 @@ def sd_box(g: Grid, cx: float, cy: float, hw: float, hh: float, angle: float = 0
 def sd_triangle(g: Grid, cx: float, cy: float, r: float) -> np.ndarray:
     """Equilateral triangle pointing up, circumradius r (max of three edge half-planes)."""
     dx, dy = g[0] - cx, g[1] - cy
-    d = -dy - r / 2  # placeholder, replaced below: kept readable as three explicit edges
-    d = np.maximum(dy - r / 2, np.maximum(0.866 * dx - 0.5 * dy - r / 2, -0.866 * dx - 0.5 * dy - r / 2))
-    return d
+    edges = (dy, 0.866 * dx - 0.5 * dy, -0.866 * dx - 0.5 * dy)  # outward normals . p
+    return np.maximum(edges[0], np.maximum(edges[1], edges[2])) - r / 2
 
 
 def rotate_uv(g: Grid, cx: float, cy: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +80,7 @@ def triangle_wave(x: float) -> float:
 class Scene:
     """What a group's clips share, plus what varies per clip (phase, speed, start)."""
 
-    aspect: float  # width / height in short-side units (x in [0, aspect], y in [0, 1] for landscape)
+    aspect: float  # width in short-side units: x in [0, aspect], y in [0, 1] (portrait: top square only)
     px: float  # one pixel in short-side units
     colour: np.ndarray  # (3,) foreground colour
     colour2: np.ndarray  # (3,) second tone for two-tone shapes and textures
@@ -139,7 +139,7 @@ def scrolling_stripes(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarr
 def blinking_checker(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarray]:
     cx, cy, half = s.x0 * s.aspect, s.y0, 0.3 * s.size
     cell = half / 2
-    on = int(math.floor(s.phase * 4 + 4 * abs(s.speed) * t)) % 2  # inverts 4x a second
+    on = math.floor(s.phase * 4 + 4 * abs(s.speed) * t) % 2  # inverts 4x a second
     checker = ((np.floor((g[0] - cx) / cell) + np.floor((g[1] - cy) / cell)) % 2 == on)[..., None]
     alpha = coverage(sd_box(g, cx, cy, half, half), s.px)
     return alpha, np.where(checker, s.colour, s.colour2)
@@ -259,18 +259,20 @@ def render(params: EmbeddedParams, name: str, group: int, clip: int) -> np.ndarr
 
 def write_video(path: Path, frames: np.ndarray, fps: int, qscale: int = 3) -> None:
     """MPEG-4 Part 2 in AVI (the UCF-101 codec), deterministic: 1 thread, fixed quantiser, bit-exact."""
-    t, h, w, _ = frames.shape
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), "w", format="avi", options={"fflags": "+bitexact"}) as out:
-            stream = out.add_stream("mpeg4", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            cc = stream.codec_context
-            cc.thread_count = 1
-            cc.flags |= av.codec.context.Flags.qscale | av.codec.context.Flags.bitexact
-            cc.qscale = qscale
-            for img in frames:
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-            out.mux(stream.encode())
+    _, h, w, _ = frames.shape
+    with (
+        atomic_path(path) as tmp,
+        av.open(str(tmp), "w", format="avi", options={"fflags": "+bitexact"}) as out,
+    ):
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        cc = stream.codec_context
+        cc.thread_count = 1
+        cc.flags |= av.codec.context.Flags.qscale | av.codec.context.Flags.bitexact
+        cc.qscale = qscale
+        for img in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,12 +300,8 @@ def generate_embedded(out_dir: Path, params: EmbeddedParams) -> None:
     per_group, n_groups, test_groups = groups_layout(params.train_per_class, params.test_per_class)
     trains: list[list[str]] = [[], [], []]
     tests: list[list[str]] = [[], [], []]
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
     jobs = [(n, g, c) for n in names for g in range(1, n_groups + 1) for c in range(1, per_group + 1)]
-    for name, g, c in tqdm(jobs, desc="embedded videos", unit="video") if tqdm else jobs:
+    for name, g, c in tqdm(jobs, desc="embedded videos", unit="video"):
         rel = f"{name}/v_{name}_g{g:02d}_c{c:02d}.avi"
         write_video(out_dir / "UCF-101" / rel, render(params, name, g, c), params.fps)
         label = names.index(name) + 1

@@ -60,13 +60,18 @@ def xavier_linears_(module: nn.Module) -> None:
 
 
 class PatchEmbed3D(nn.Module):
-    """Conv3d with kernel = stride = (pt, ph, pw): video (b, c, t, h, w) -> tokens (b, n, d), n in (t, h, w) order."""
+    """Conv3d, kernel = stride = (pt, ph, pw): video (b, c, t, h, w) -> tokens (b, n, d), (t, h, w) order."""
 
     def __init__(self, channels: int, width: int, patch_t: int, patch_hw: int) -> None:
         super().__init__()
-        self.proj = nn.Conv3d(channels, width, kernel_size=(patch_t, patch_hw, patch_hw),
-                              stride=(patch_t, patch_hw, patch_hw), bias=True)
-        # xavier on the weight viewed as a (width, c*pt*ph*pw) matrix, like a linear layer on flattened patches
+        self.proj = nn.Conv3d(
+            channels,
+            width,
+            kernel_size=(patch_t, patch_hw, patch_hw),
+            stride=(patch_t, patch_hw, patch_hw),
+            bias=True,
+        )
+        # xavier on the weight viewed as (width, c*pt*ph*pw), like a linear layer on flattened patches
         nn.init.xavier_uniform_(self.proj.weight.view(width, -1))
         nn.init.zeros_(self.proj.bias)
 
@@ -105,7 +110,7 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """x + attn(LN(x)); x + mlp(LN(x)). LayerNorm eps 1e-5 (the timm Block default), no LayerScale/drop-path."""
+    """x + attn(LN(x)); x + mlp(LN(x)). LayerNorm eps 1e-5 (timm Block default), no LayerScale/drop-path."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-5) -> None:
         super().__init__()

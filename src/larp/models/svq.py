@@ -30,8 +30,14 @@ def l2norm(x: Tensor, eps: float = 1e-12) -> Tensor:
 class SVQ(nn.Module):
     """Codebook (K, d) used row-normalised; the gradient flows through the normalisation into the raw rows."""
 
-    def __init__(self, codebook_size: int, code_dim: int, temperature: float = 0.03,
-                 commit_weight: float = 0.25, codebook_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        codebook_size: int,
+        code_dim: int,
+        temperature: float = 0.03,
+        commit_weight: float = 0.25,
+        codebook_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"SVQ: temperature must be > 0, got {temperature}")
@@ -55,12 +61,15 @@ class SVQ(nn.Module):
             raise ValueError(f"SVQ.lookup: indices must be an integer tensor, got {indices.dtype}")
         k = self.codebook_size
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= k):
-            raise ValueError(f"SVQ.lookup: indices must be in [0, {k}), got range "
-                             f"[{int(indices.min())}, {int(indices.max())}]")
+            raise ValueError(
+                f"SVQ.lookup: indices must be in [0, {k}), got range "
+                f"[{int(indices.min())}, {int(indices.max())}]"
+            )
         return F.embedding(indices.long(), self.normalized_codebook())
 
-    def forward(self, z: Tensor, *, stochastic: bool | None = None,
-                generator: torch.Generator | None = None) -> SVQOutput:
+    def forward(
+        self, z: Tensor, *, stochastic: bool | None = None, generator: torch.Generator | None = None
+    ) -> SVQOutput:
         """z (b, n, d) un-normalised bottleneck vectors.
 
         ``stochastic`` None means ``self.training``: sample in training, argmax in eval. ``generator`` (on z's

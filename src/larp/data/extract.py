@@ -1,0 +1,226 @@
+"""`larp extract`: decode every video once, resize + centre-crop, store the frames in raw uint8 shards.
+
+The resize is LARP's: torchvision ``Resize(size, antialias=True)`` (bilinear, short side) then
+``CenterCrop(size)``, applied to the decoded RGB frames. We run torchvision's uint8 kernel, which is within
+one grey level of LARP's float path and several times faster (FVD_AND_DATA.md section G).
+
+Output (see :mod:`larp.data.frames` for the shard format)::
+
+    <out>/shard-00000.u8      frames of the first shard_videos videos (and .json: its record)
+    <out>/videos.csv          index.csv rows that decoded + shard, frame_start, frame_count
+    <out>/report.json         counts, and every skipped file with the reason
+
+Shards are written in index order, each one atomically, so a killed run resumes shard by shard and ends
+with the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from larp.data.frames import FRAME_DTYPE, shard_name, shard_nbytes
+from larp.files import atomic_path, atomic_write_json, atomic_write_text
+
+CHUNK = 32  # frames resized per call: bounds memory on long videos, keeps the kernel vectorised
+
+
+class VideoDecodeError(ValueError):
+    """A file could not be decoded as a complete video; the message names the file and the reason."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def resize_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """(t, h, w, 3) uint8 -> (t, size, size, 3) uint8: short side to ``size`` (bilinear, antialias), crop."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # t c h w, channels-last memory: the fast uint8 kernel
+    x = TF.resize(x, [size], antialias=True)
+    x = TF.center_crop(x, [size, size])
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+
+
+def _riff_truncated(path: Path) -> str | None:
+    """For RIFF files (AVI): the reason if the file is shorter than its header says, else None."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF":
+        return None
+    declared = int.from_bytes(head[4:8], "little") + 8
+    actual = path.stat().st_size
+    return f"truncated: {actual} of {declared} bytes" if actual < declared else None
+
+
+def decode_frames(path: str | Path):
+    """Yield the decoded RGB frames of a video as uint8 (h, w, 3); raises VideoDecodeError on bad files.
+
+    A file that ends before the frame count its container declares (truncated) is an error too.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise VideoDecodeError(path, "empty file (0 bytes)")
+        if reason := _riff_truncated(path):
+            raise VideoDecodeError(path, reason)
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(path, "no video stream")
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # parallelism comes from processes, one per core
+            declared, n, is_riff = stream.frames, 0, container.format.name == "avi"
+            for frame in container.decode(stream):
+                n += 1
+                yield frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, OSError) as e:
+        raise VideoDecodeError(path, f"cannot decode: {e.strerror or e}") from e
+    if n == 0:
+        raise VideoDecodeError(path, "no frames decoded")
+    # AVI frame counts include Xvid's dropped "N-VOP" frames, so only other containers are checked this way
+    if declared and n < declared and not is_riff:
+        raise VideoDecodeError(path, f"truncated: decoded {n} of {declared} frames")
+
+
+def extract_frames(path: str | Path, size: int = 128) -> np.ndarray:
+    """One video decoded, resized and centre-cropped as `larp extract` does: uint8 (t, size, size, 3)."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    out, chunk = [], []
+    for img in decode_frames(path):
+        chunk.append(img)
+        if len(chunk) == CHUNK:
+            out.append(resize_crop(np.stack(chunk), size))
+            chunk = []
+    if chunk:
+        out.append(resize_crop(np.stack(chunk), size))
+    return np.concatenate(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# the stage
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _decode_job(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
+    path, size = job
+    try:
+        return extract_frames(path, size), None
+    except VideoDecodeError as e:
+        return None, e.reason
+
+
+def _shard_is_valid(out_dir: Path, k: int, video_ids: list[str], size: int) -> dict | None:
+    """The shard's record if both its files exist, match this index slice and have the expected length."""
+    rec_path, data_path = out_dir / shard_name(k, ".json"), out_dir / shard_name(k, ".u8")
+    if not (rec_path.is_file() and data_path.is_file()):
+        return None
+    try:
+        rec = json.loads(rec_path.read_text())
+    except ValueError:
+        return None
+    if rec.get("video_ids") != video_ids or rec.get("size") != size:
+        return None
+    if data_path.stat().st_size != shard_nbytes(sum(v["frame_count"] for v in rec["videos"]), size):
+        return None
+    return rec
+
+
+def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, workers: int) -> dict:
+    """Extract every video listed in ``raw_dir/index.csv`` into ``out_dir``; returns the report dict.
+
+    Videos that cannot be decoded (corrupt, truncated, empty, not a video) are skipped and listed in
+    ``report.json``. Existing valid shards are kept, so a re-run after a kill resumes where it stopped.
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    for name, value, low in (("size", size, 1), ("shard_videos", shard_videos, 1), ("workers", workers, 1)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    index_path = raw_dir / "index.csv"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{index_path}: index table not found (run `larp download` first)")
+    index = pd.read_csv(index_path, dtype={"video_id": str, "path": str})
+    missing = {"video_id", "path"} - set(index.columns)
+    if missing:
+        raise ValueError(f"{index_path}: missing columns {sorted(missing)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.tmp"):  # temp files of a killed run
+        stale.unlink()
+
+    n_shards = max(1, -(-len(index) // shard_videos))
+    slices = [index.iloc[k * shard_videos : (k + 1) * shard_videos] for k in range(n_shards)]
+    for old in out_dir.glob("shard-*"):  # shards beyond this index's count (a smaller index than before)
+        if (m := re.fullmatch(r"shard-(\d{5})\.(u8|json)", old.name)) and int(m.group(1)) >= n_shards:
+            old.unlink()
+    records: dict[int, dict] = {}
+    for k, sl in enumerate(slices):
+        rec = _shard_is_valid(out_dir, k, sl["video_id"].tolist(), size)
+        if rec is not None:
+            records[k] = rec
+    pending = [k for k in range(n_shards) if k not in records]
+    jobs = [(str(raw_dir / p), size) for k in pending for p in slices[k]["path"]]
+
+    bar = tqdm(total=len(index), initial=len(index) - len(jobs), desc="extract", unit="video")
+    pool = mp.get_context("fork").Pool(workers, initializer=_init_worker) if workers > 1 and jobs else None
+    try:
+        results = pool.imap(_decode_job, jobs) if pool else map(_decode_job, jobs)
+        for k in pending:
+            videos, start = [], 0
+            with atomic_path(out_dir / shard_name(k, ".u8")) as tmp, open(tmp, "wb") as f:
+                for vid, path in zip(slices[k]["video_id"], slices[k]["path"]):
+                    frames, error = next(results)
+                    if frames is None:
+                        videos.append({"video_id": vid, "path": path, "error": error, "frame_count": 0})
+                    else:
+                        assert frames.dtype == FRAME_DTYPE and frames.shape[1:] == (size, size, 3)
+                        f.write(frames.tobytes())
+                        videos.append(
+                            {"video_id": vid, "path": path, "frame_start": start, "frame_count": len(frames)}
+                        )
+                        start += len(frames)
+                    bar.update(1)
+            records[k] = {"size": size, "video_ids": slices[k]["video_id"].tolist(), "videos": videos}
+            atomic_write_json(out_dir / shard_name(k, ".json"), records[k])
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+
+    # the tables, from the shard records only: identical bytes whether or not the run was interrupted
+    rows, skipped = [], []
+    for k in range(n_shards):
+        for v in records[k]["videos"]:
+            if "error" in v:
+                skipped.append({"path": v["path"], "reason": v["error"]})
+            else:
+                rows.append((v["video_id"], shard_name(k, ".u8"), v["frame_start"], v["frame_count"]))
+    where = pd.DataFrame(rows, columns=["video_id", "shard", "frame_start", "frame_count"])
+    videos_table = index.merge(where, on="video_id", how="inner", validate="one_to_one")
+    atomic_write_text(out_dir / "videos.csv", videos_table.to_csv(index=False))
+    report = {
+        "videos": len(index),
+        "extracted": len(videos_table),
+        "skipped": len(skipped),
+        "frames": int(videos_table["frame_count"].sum()),
+        "size": size,
+        "shards": n_shards,
+        "format": "raw uint8 (frames, size, size, 3) per shard; rows located by videos.csv",
+        "skipped_files": skipped,
+    }
+    atomic_write_json(out_dir / "report.json", report)
+    print(
+        f"extracted {report['extracted']} of {report['videos']} videos ({report['frames']} frames, "
+        f"{n_shards} shards); skipped {report['skipped']}" + (" (see report.json)" if skipped else "")
+    )
+    return report

@@ -1,0 +1,173 @@
+"""Frame extraction: torchvision-exact resize + crop, bad files reported and skipped, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torchvision import transforms as T
+
+import larp.data.extract as ex
+from larp.config import EmbeddedParams
+from larp.data.embedded import generate_embedded, render, write_video
+from larp.data.extract import VideoDecodeError, decode_frames, extract_dataset, extract_frames
+from larp.data.frames import FrameStore
+from larp.data.index import build_index, write_index
+from larp.files import sha256_file, sha256_tree
+
+SMALL = EmbeddedParams(num_classes=3, train_per_class=2, test_per_class=2, min_frames=8, max_frames=14)
+
+
+def reference(frames: np.ndarray, size: int) -> np.ndarray:
+    """LARP's transform of decoded frames: float /255, Resize(size, antialias) + CenterCrop, times 255."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    x = T.CenterCrop(size)(T.Resize(size, antialias=True)(x))
+    return x.permute(0, 2, 3, 1).numpy() * 255
+
+
+@pytest.mark.parametrize("hw,size", [((240, 320), 128), ((320, 240), 128), ((48, 64), 32)])
+def test_extract_frames_matches_torchvision(tmp_path, hw, size):
+    h, w = hw
+    params = EmbeddedParams(height=h, width=w, min_frames=12, max_frames=12)
+    path = tmp_path / "v.avi"
+    write_video(path, render(params, "SpinningSquare", 1, 1), fps=25)
+    got = extract_frames(path, size)
+    decoded = np.stack(list(decode_frames(path)))
+    assert got.dtype == np.uint8 and got.shape == (12, size, size, 3)
+    diff = np.abs(got.astype(np.float64) - reference(decoded, size))
+    assert diff.mean() <= 1.0 and diff.max() <= 8.0, (diff.mean(), diff.max())
+
+
+def make_raw(root: Path, bad: bool = False) -> Path:
+    """The small embedded dataset + index.csv; with ``bad``, four broken files appended to the index."""
+    generate_embedded(root, SMALL)
+    index = build_index(root, progress=False, workers=1)
+    if bad:
+        good = root / "UCF-101/BouncingBall/v_BouncingBall_g01_c01.avi"
+        broken = {
+            "zero": b"",
+            "text": b"this is not a video\n" * 50,
+            "truncated": good.read_bytes()[: good.stat().st_size // 2],
+            "garbage": bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)),
+        }
+        rows = []
+        for i, (name, data) in enumerate(broken.items()):
+            rel = f"UCF-101/BouncingBall/v_BouncingBall_g{90 + i}_c01.avi"
+            (root / rel).write_bytes(data)
+            rows.append({**index.iloc[0].to_dict(), "video_id": f"v_BouncingBall_g{90 + i}_c01", "path": rel})
+        index = pd.concat([index.iloc[:3], pd.DataFrame(rows), index.iloc[3:]], ignore_index=True)
+    write_index(index, root / "index.csv")
+    return root
+
+
+def test_extract_dataset_layout_and_contents(tmp_path):
+    raw = make_raw(tmp_path / "raw")
+    report = extract_dataset(raw, tmp_path / "frames", size=32, shard_videos=5, workers=1)
+    index = pd.read_csv(raw / "index.csv")
+    assert report["extracted"] == len(index) == 12 and report["skipped"] == 0
+    assert sorted(p.name for p in (tmp_path / "frames").glob("shard-*.u8")) == [
+        f"shard-0000{k}.u8" for k in range(3)
+    ]
+    store = FrameStore(tmp_path / "frames")
+    assert store.size == 32 and list(store.table["video_id"]) == list(index["video_id"])
+    assert (store.frame_counts == index["num_frames"].to_numpy()).all()  # every frame decoded
+    for row in (0, 6, 11):
+        np.testing.assert_array_equal(store.video(row), extract_frames(raw / index["path"][row], 32))
+
+
+def test_bad_files_reported_and_skipped(tmp_path):
+    raw = make_raw(tmp_path / "raw", bad=True)
+    report = extract_dataset(raw, tmp_path / "frames", size=32, shard_videos=4, workers=2)
+    assert report["videos"] == 16 and report["extracted"] == 12 and report["skipped"] == 4
+    on_disk = json.loads((tmp_path / "frames" / "report.json").read_text())
+    assert on_disk == report
+    reasons = {Path(s["path"]).stem: s["reason"] for s in report["skipped_files"]}
+    assert set(reasons) == {f"v_BouncingBall_g{90 + i}_c01" for i in range(4)}
+    assert "empty" in reasons["v_BouncingBall_g90_c01"] and "truncated" in reasons["v_BouncingBall_g92_c01"]
+    table = pd.read_csv(tmp_path / "frames" / "videos.csv")
+    assert not table["video_id"].str.contains("_g9").any() and len(table) == 12
+    for p in ("zero", "text"):
+        with pytest.raises(VideoDecodeError, match="v_BouncingBall_g9"):
+            extract_frames(raw / f"UCF-101/BouncingBall/v_BouncingBall_g{90 if p == 'zero' else 91}_c01.avi")
+
+
+def test_kill_and_resume_gives_identical_bytes(tmp_path, monkeypatch):
+    raw = make_raw(tmp_path / "raw", bad=True)
+    extract_dataset(
+        raw, tmp_path / "full", size=32, shard_videos=4, workers=2
+    )  # resumed below with 1 worker: same bytes
+
+    calls = {"n": 0}
+    real = ex._decode_job
+
+    def dies_in_second_shard(job):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt  # like Ctrl-C / SIGTERM mid-shard
+        return real(job)
+
+    monkeypatch.setattr(ex, "_decode_job", dies_in_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        extract_dataset(raw, tmp_path / "resumed", size=32, shard_videos=4, workers=1)
+    done = sorted(p.name for p in (tmp_path / "resumed").iterdir())
+    assert done == ["shard-00000.json", "shard-00000.u8"]  # no partial shard, no tables yet
+    (tmp_path / "resumed" / ".shard-00001.u8.abc.tmp").write_bytes(b"left by a SIGKILL")
+    first = (tmp_path / "resumed" / "shard-00000.u8").stat().st_mtime_ns
+
+    monkeypatch.setattr(ex, "_decode_job", lambda job: (calls.__setitem__("n", calls["n"] + 1), real(job))[1])
+    calls["n"] = 0
+    extract_dataset(raw, tmp_path / "resumed", size=32, shard_videos=4, workers=1)
+    assert calls["n"] == 12  # shard 0 (4 videos) was not decoded again
+    assert (tmp_path / "resumed" / "shard-00000.u8").stat().st_mtime_ns == first
+    assert sha256_tree(tmp_path / "resumed") == sha256_tree(tmp_path / "full")
+    assert not list((tmp_path / "resumed").glob(".*"))
+
+
+KILL_SCRIPT = """
+import sys, time
+import larp.data.extract as ex
+real = ex._decode_job
+def slow(job):
+    time.sleep(0.3)
+    return real(job)
+ex._decode_job = slow
+ex.extract_dataset(sys.argv[1], sys.argv[2], size=32, shard_videos=3, workers=1)
+"""
+
+
+def test_sigkill_then_rerun_gives_identical_bytes(tmp_path):
+    raw = make_raw(tmp_path / "raw")
+    extract_dataset(raw, tmp_path / "full", size=32, shard_videos=3, workers=1)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(raw), str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 50
+    while not (out / "shard-00000.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "shard-00000.json").exists() and not (out / "videos.csv").exists()
+    extract_dataset(raw, out, size=32, shard_videos=3, workers=1)
+    assert sha256_tree(out) == sha256_tree(tmp_path / "full")
+    assert sha256_file(out / "videos.csv") == sha256_file(tmp_path / "full" / "videos.csv")
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="index.csv"):
+        extract_dataset(tmp_path, tmp_path / "out", size=32, shard_videos=4, workers=1)
+    with pytest.raises(ValueError, match="shard_videos"):
+        extract_dataset(tmp_path, tmp_path / "out", size=32, shard_videos=0, workers=1)
+    with pytest.raises(ValueError, match="size"):
+        extract_frames(tmp_path / "x.avi", size=0)
