@@ -35,8 +35,13 @@ def dvc_stages(root: Path) -> dict[str, dict]:
                 else:
                     deps.add(d.def_path)
             cmd = st.cmd if isinstance(st.cmd, str) else " && ".join(st.cmd)
-            out[st.name.split("@")[0] if "@" not in st.name else st.name] = dict(
-                cmd=" ".join(cmd.split()), deps=deps, outs={o.def_path for o in st.outs}, params=params)
+            out[st.name] = dict(cmd=" ".join(cmd.split()), deps=deps, outs={o.def_path for o in st.outs},
+                                params=params)
+    # a dependency on a directory that holds other stages' outputs (fvd on data/samples/<ds>, the parent of
+    # every shard) stands for those outputs, which is how Snakemake lists them
+    all_outs = {o for st in out.values() for o in st["outs"]}
+    for st in out.values():
+        st["deps"] = {x for d in st["deps"] for x in ({o for o in all_outs if o.startswith(d + "/")} or {d})}
     return out
 
 
@@ -55,7 +60,8 @@ def snakemake_jobs(root: Path, targets: list[str]) -> dict[str, dict]:
         w._build_dag()
         for job in w.dag.jobs:
             name = job.rule.name
-            key = name if name not in out else f"{name}@{job.wildcards_dict}"
+            # DVC names foreach stages <stage>@<item>: the sampling shards
+            key = f"{name}@{job.wildcards_dict['shard']}" if "shard" in job.wildcards_dict else name
             params = dict(job.params.items()).get("tracked", {})
             out[key] = dict(cmd=" ".join(_LOG_REDIRECT.sub("", job.shellcmd).split()),
                             deps={str(f) for f in job.input}, outs={str(f) for f in job.output},

@@ -39,7 +39,69 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--raw", type=Path, required=True, help="raw dataset directory (with index.csv)")
     p.add_argument("--out", type=Path, required=True, help="frames directory, e.g. data/frames/ucf101")
+
+    p = sub.add_parser("train-tokenizer", help="train the LARP tokenizer (+ AR prior, discriminator); resumable")
+    _common(p)
+    p.add_argument("--frames", type=Path, required=True, help="frames directory of `larp extract`")
+    p.add_argument("--out", type=Path, required=True, help="weights file (.safetensors)")
+    p.add_argument("--metrics", type=Path, required=True, help="training curves (CSV)")
+
+    p = sub.add_parser("tokenize", help="token ids of every training clip with the frozen tokenizer")
+    _common(p)
+    p.add_argument("--frames", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer weights (.safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="tokens directory, e.g. data/tokens/ucf101")
+
+    p = sub.add_parser("train-ar", help="train the class-conditional AR generator; resumable")
+    _common(p)
+    p.add_argument("--tokens", type=Path, required=True, help="tokens directory of `larp tokenize`")
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer weights (for sample previews)")
+    p.add_argument("--out", type=Path, required=True, help="weights file (.safetensors)")
+    p.add_argument("--metrics", type=Path, required=True, help="training curves (CSV)")
+
+    p = sub.add_parser("sample", help="generate one shard of the gFVD protocol's class-conditional videos")
+    _common(p)
+    p.add_argument("--frames", type=Path, required=True, help="frames directory (defines the protocol's clips)")
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--ar", type=Path, required=True, help="AR generator weights (.safetensors)")
+    p.add_argument("--shard", type=int, required=True, help="shard index in sample.shards")
+    p.add_argument("--out", type=Path, required=True, help="shard directory, e.g. data/samples/ucf101/shard-0")
+
+    p = sub.add_parser("fvd", help="gFVD of the sample shards against the protocol's real clips")
+    _common(p)
+    p.add_argument("--frames", type=Path, required=True)
+    p.add_argument("--samples", type=Path, required=True, help="directory holding shard-*/")
+    p.add_argument("--out", type=Path, required=True, help="result JSON, e.g. results/fvd_ucf101.json")
+
+    p = sub.add_parser("rfvd", help="reconstruction FVD / PSNR / SSIM / LPIPS of the tokenizer")
+    _common(p)
+    p.add_argument("--frames", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="result JSON, e.g. results/rfvd_ucf101.json")
     return ap
+
+
+_RESOURCE_OF = {"download": "download", "extract": "extract", "train-tokenizer": "train_tokenizer",
+                "tokenize": "tokenize", "train-ar": "train_ar", "sample": "sample", "fvd": "fvd", "rfvd": "fvd"}
+
+
+def _limit_threads(command: str, params) -> None:
+    """Use the CPUs the stage was given (params resources), shared by the ranks of this node.
+
+    On a busy 2-core machine, torch's default of one OpenMP thread per core made small models ~30x slower
+    when another job ran at the same time (threads spin waiting for each other), so stages stay within
+    their allocation.
+    """
+    import os
+
+    stage = _RESOURCE_OF.get(command)
+    if stage is None:
+        return
+    import torch
+
+    cpus = getattr(params.resources, stage).cpus
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, min(cpus // local, os.cpu_count() or 1)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from larp import stages
 
+    _limit_threads(args.command, params)
     if args.command == "params":
         print(json.dumps({"dataset": dataset or pf.dataset, "preset": pf.presets[dataset or pf.dataset],
                           **dataclasses.asdict(params)}, indent=2))
@@ -61,6 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         stages.download(args.dataset, args.out, params)
     elif args.command == "extract":
         stages.extract(args.dataset, args.raw, args.out, params)
+    elif args.command == "train-tokenizer":
+        stages.train_tokenizer(args.dataset, args.frames, args.out, args.metrics, params)
+    elif args.command == "tokenize":
+        stages.tokenize(args.dataset, args.frames, args.tokenizer, args.out, params)
+    elif args.command == "train-ar":
+        stages.train_ar(args.dataset, args.tokens, args.tokenizer, args.out, args.metrics, params)
+    elif args.command == "sample":
+        stages.sample(args.dataset, args.frames, args.tokenizer, args.ar, args.shard, args.out, params)
+    elif args.command == "fvd":
+        stages.fvd(args.dataset, args.frames, args.samples, args.out, params)
+    elif args.command == "rfvd":
+        stages.rfvd(args.dataset, args.frames, args.tokenizer, args.out, params)
     return 0
 
 

@@ -300,7 +300,7 @@ class SampleParams:
     top_k: int | None = None  # None = off
     top_p: float | None = None  # None = off
     batch_size: int = 64
-    num_shards: int = 20  # sampling jobs the workflow fans out to
+    shards: tuple[int, ...] = tuple(range(20))  # sampling jobs the workflow fans out to: 0, 1, ..., S-1
     seed: int = 0
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
 
@@ -310,12 +310,13 @@ class SampleParams:
         _check(self.top_k is None or self.top_k >= 1, "sample.top_k", "must be >= 1 or null")
         _check(self.top_p is None or 0 < self.top_p <= 1, "sample.top_p", "must be in (0, 1] or null")
         _check(self.batch_size >= 1, "sample.batch_size", "must be >= 1")
-        _check(self.num_shards >= 1, "sample.num_shards", "must be >= 1")
+        _check(len(self.shards) >= 1 and list(self.shards) == list(range(len(self.shards))), "sample.shards",
+               f"must list 0, 1, ..., S-1 (one entry per sampling job), got {list(self.shards)}")
 
 
 @dataclass
 class FVDParams:
-    detector: Literal["i3d-torchscript", "i3d-random"] = "i3d-torchscript"
+    detector: Literal["i3d-torchscript", "i3d-pretrained-400", "i3d-random"] = "i3d-torchscript"
     num_clips: int = 10000  # gFVD: real clips drawn (and generated videos)
     clip_seed: int = 42  # random.Random(42) selection of the real clips
     frames: int = 16
@@ -323,6 +324,7 @@ class FVDParams:
     rfvd_max_videos: int | None = None  # None = every split train video (9,537 for UCF-101)
     bootstrap: int = 100  # bootstrap resamples for the confidence interval
     batch_size: int = 32
+    lpips: bool = True  # rFVD also reports LPIPS-VGG (needs the VGG16 + LPIPS weights)
 
     def validate(self) -> None:
         _check(self.num_clips >= 2, "fvd.num_clips", "must be >= 2")
@@ -422,9 +424,10 @@ def _tiny() -> Params:
             frames=16, size=32, patch_t=4, patch_hw=8, width=64, depth=2, heads=4, num_tokens=64, code_dim=8,
             codebook_size=256, prior_depth=2, prior_width=64, prior_heads=4),
         discriminator=DiscriminatorConfig(frames=16, size=32, width=64, depth=2, heads=4),
-        loss=LossParams(perceptual_weight=0.0),  # no LPIPS download on the embedded run
+        # no LPIPS download on the embedded run; a gentler GAN: at this size 0.3 stalls reconstruction
+        loss=LossParams(perceptual_weight=0.0, gan_weight=0.05),
         train_tokenizer=TrainParams(
-            epochs=1, max_steps=300, warmup_epochs=0.0, lr=1e-3, d_lr=3e-4, global_batch=8, micro_batch=8,
+            epochs=1, max_steps=400, warmup_epochs=0.0, lr=1e-3, d_lr=3e-4, global_batch=8, micro_batch=8,
             amp="fp16", compile=False, seed=66667, num_workers=0, checkpoint_every=100, log_every=10,
             sample_every=100),
         tokenize=TokenizeParams(clip_stride=8, flips=True, batch_size=16, shard_clips=256),
@@ -434,8 +437,9 @@ def _tiny() -> Params:
             epochs=1, max_steps=300, warmup_epochs=0.0, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.05,
             global_batch=16, micro_batch=16, amp="bf16", compile=False, seed=66667, num_workers=0,
             checkpoint_every=100, log_every=10, sample_every=100),
-        sample=SampleParams(cfg_scale=1.25, batch_size=16, num_shards=2, dtype="fp32"),
-        fvd=FVDParams(detector="i3d-random", num_clips=64, rfvd_max_videos=None, bootstrap=20, batch_size=8),
+        sample=SampleParams(cfg_scale=1.25, batch_size=16, shards=(0, 1), dtype="fp32"),
+        fvd=FVDParams(detector="i3d-random", num_clips=40, rfvd_max_videos=None, bootstrap=20, batch_size=8,
+                      lpips=False),
         resources=ResourcesParams(**{
             name: StageResources(gpus=1 if name in ("train_tokenizer", "train_ar", "tokenize", "sample") else 0,
                                  cpus=1, mem_mb=2000, runtime=30)
@@ -479,6 +483,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         allowed = typing.get_args(tp)
         _check(value in allowed, key, f"must be one of {list(allowed)}, got {value!r}")
         return value
+    if origin is tuple and len(typing.get_args(tp)) == 2 and typing.get_args(tp)[1] is Ellipsis:
+        _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(tp)
         _check(isinstance(value, (list, tuple)) and len(value) == len(args), key,

@@ -268,8 +268,9 @@ class TokenizerLoss(nn.Module):
     ) -> DiscriminatorLoss:
         """ns_smooth BCE on (real, detached reconstruction) + LeCam. ``generator`` drives the label noise."""
         p = self.params
-        logits_real = disc(video)
-        logits_fake = disc(reconstruction.detach())
+        # one forward over [real, fake]: under DDP two forwards before one backward would mark every
+        # parameter ready twice; the discriminator has no batch-coupled layers, so the logits are the same
+        logits_real, logits_fake = disc(torch.cat([video, reconstruction.detach().to(video.dtype)])).chunk(2)
         bce = d_loss_ns_smooth(logits_real, logits_fake, noise=p.label_noise, generator=generator)
         lecam = self.lecam(logits_real, logits_fake)
         # [quirk] the official loss multiplies the regulariser by lecam_weight twice (effective 1e-6)

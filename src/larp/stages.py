@@ -39,3 +39,87 @@ def extract(dataset: str, raw: Path, out: Path, params: Params) -> None:
 
     extract_dataset(Path(raw), Path(out), size=params.data.size, shard_videos=params.data.shard_videos,
                     workers=params.data.workers)
+
+
+def _launch_torchrun_if_multi_gpu() -> None:
+    """Re-run this command under torchrun over every GPU of the allocation (one process per GPU).
+
+    Snakemake and DVC call the same `larp train-*` command; on a node with several visible GPUs (SLURM sets
+    CUDA_VISIBLE_DEVICES to the granted ones) it replaces itself with torchrun, which starts the DDP ranks.
+    """
+    import os
+    import sys
+
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n > 1 and "LOCAL_RANK" not in os.environ:
+        cmd = ["torchrun", "--standalone", f"--nproc-per-node={n}", "-m", "larp.cli", *sys.argv[1:]]
+        print("launching:", " ".join(cmd), flush=True)
+        os.execvp(cmd[0], cmd)
+
+
+def _is_main() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train_tokenizer(dataset: str, frames: Path, out: Path, metrics: Path, params: Params) -> None:
+    """`larp train-tokenizer`: LARP tokenizer + discriminator (+ prior) on the split's training videos."""
+    import shutil
+
+    from larp.train.tokenizer import train_tokenizer as run
+
+    _launch_torchrun_if_multi_gpu()
+    run_dir = run(Path(frames), Path(out), params)
+    if _is_main():
+        metrics = Path(metrics)
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / "metrics.csv", metrics)
+
+
+def tokenize(dataset: str, frames: Path, tokenizer: Path, out: Path, params: Params) -> None:
+    """`larp tokenize`: token ids of every training clip (all offsets at clip_stride, both flips)."""
+    from larp.tokenize import tokenize_dataset
+
+    tokenize_dataset(Path(frames), Path(tokenizer), Path(out), params)
+
+
+def train_ar(dataset: str, tokens: Path, tokenizer: Path, out: Path, metrics: Path, params: Params) -> None:
+    """`larp train-ar`: the class-conditional AR generator on the pre-tokenized clips."""
+    import shutil
+
+    from larp.train.generator import train_generator
+
+    _launch_torchrun_if_multi_gpu()
+    run_dir = train_generator(Path(tokens), Path(out), params, tokenizer_weights=Path(tokenizer))
+    if _is_main():
+        metrics = Path(metrics)
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / "metrics.csv", metrics)
+
+
+def sample(dataset: str, frames: Path, tokenizer: Path, ar: Path, shard: int, out: Path, params: Params) -> None:
+    """`larp sample`: one shard of the gFVD protocol's class-conditional videos."""
+    from larp.evaluate import sample_shard
+
+    sample_shard(Path(frames), Path(tokenizer), Path(ar), shard, Path(out), params)
+
+
+def fvd(dataset: str, frames: Path, samples: Path, out: Path, params: Params) -> None:
+    """`larp fvd`: gFVD of the merged sample shards against the protocol's real clips (+ bootstrap CI)."""
+    from larp.evaluate import gfvd
+
+    r = gfvd(dataset, Path(frames), Path(samples), Path(out), params)
+    ci = f" (95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})" if r["ci95"] else ""
+    print(f"gFVD {dataset}: {r['value']:.2f}{ci}, {r['n_generated']} vs {r['n_real']} clips, "
+          f"detector {r['detector']['detector']}" + ("" if r["comparable_to_papers"] else " [not comparable to papers]"))
+
+
+def rfvd(dataset: str, frames: Path, tokenizer: Path, out: Path, params: Params) -> None:
+    """`larp rfvd`: reconstruction FVD / PSNR / SSIM / LPIPS of the tokenizer."""
+    from larp.evaluate import rfvd as run
+
+    r = run(dataset, Path(frames), Path(tokenizer), Path(out), params)
+    print(f"rFVD {dataset}: {r['value']:.2f}, PSNR {r['psnr']:.2f}, SSIM {r['ssim']:.4f}, LPIPS {r['lpips']}")

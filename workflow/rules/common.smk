@@ -47,6 +47,16 @@ def stage_threads(stage):
     return lambda wildcards: getattr(resolved(wildcards.dataset).resources, stage).cpus
 
 
+wildcard_constraints:
+    shard=r"\d+",
+
+
+def sample_shards(wildcards):
+    """Every sampling shard of the dataset (sample.shards of its resolved parameters)."""
+    shards = resolved(wildcards.dataset).sample.shards
+    return [f"data/samples/{wildcards.dataset}/shard-{k}" for k in shards]
+
+
 def default_targets():
     ds = config.get("dataset", "embedded")
-    return [f"data/frames/{ds}"]
+    return [f"results/fvd_{ds}.json", f"results/rfvd_{ds}.json"]

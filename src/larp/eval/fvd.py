@@ -5,7 +5,8 @@
   StyleGAN-V use (TF-GAN divides by N-1; the difference is O(1/N)).
 * ``frechet_distance``: ‖μ1-μ2‖² + tr Σ1 + tr Σ2 - 2 tr √(Σ1Σ2), with tr √(Σ1Σ2) = Σ √λ_i(Lᵀ Σ2 L) for any
   factor Σ1 = L Lᵀ (Lᵀ Σ2 L is similar to Σ1Σ2 and symmetric PSD, so a symmetric eigen-solver is valid on
-  it; never on the non-symmetric product). L = V Λ^½ comes from ``eigh(Σ1)``.
+  it; never on the non-symmetric product). L is the Cholesky factor of Σ1, or V Λ^½ from ``eigh(Σ1)`` when
+  Σ1 is singular.
 * ``frechet_distance_from_features``: the same number from raw features; when a set has fewer samples than
   dimensions it uses the exact low-rank identity tr √(Σ1Σ2) = ‖X̃ Ỹᵀ‖_* / √(nm) (X̃, Ỹ centred).
 * ``bootstrap_fvd``: percentile confidence interval by resampling both feature sets.
@@ -39,6 +40,9 @@ def _as_f64_2d(features: np.ndarray | torch.Tensor, name: str = "features") -> n
 
 class FeatureStats:
     """Running float64 moments of (n, d) feature batches.
+
+    Raw sums lose relative precision ~ε·|μ|²/σ² in the covariance; for I3D logits (|μ|/σ of order 1-10) that
+    is ~1e-14, far below the sampling noise, and it keeps merging exact (sums add).
 
     >>> s = FeatureStats(); s.update(np.ones((3, 4))); s.n, s.mean.shape, s.cov.shape
     (3, (4,), (4, 4))
@@ -79,6 +83,11 @@ class FeatureStats:
         out.sum_outer = self.sum_outer + other.sum_outer
         return out
 
+    def __radd__(self, other: object) -> FeatureStats:  # lets sum(list_of_stats) start from 0
+        if isinstance(other, int) and other == 0:
+            return self + FeatureStats()
+        return NotImplemented
+
     def _require(self, k: int = 1) -> None:
         if self.n < k:
             raise ValueError(f"FeatureStats holds {self.n} samples, need at least {k}")
@@ -111,7 +120,11 @@ class FeatureStats:
             if int(z["format"]) != STATS_FORMAT:
                 raise ValueError(f"{path}: stats format {int(z['format'])}, this code reads {STATS_FORMAT}")
             s = FeatureStats(int(z["sum"].shape[0]))
-            s.n, s.sum, s.sum_outer = int(z["n"]), z["sum"].astype(np.float64), z["sum_outer"].astype(np.float64)
+            s.n, s.sum, s.sum_outer = (
+                int(z["n"]),
+                z["sum"].astype(np.float64),
+                z["sum_outer"].astype(np.float64),
+            )
         return s
 
     @staticmethod
@@ -164,13 +177,25 @@ def _sum_sqrt_eigs(eigs: np.ndarray, scale: float) -> float:
     return float(np.sqrt(np.where(eigs > tol, eigs, 0.0)).sum())
 
 
+def _psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """L with Σ = L Lᵀ: Cholesky when Σ is numerically positive definite (≈5× cheaper than an eigen-
+    decomposition), else V Λ^½ from ``eigh`` with eigenvalues below resolution set to 0 (rank-deficient Σ)."""
+    try:
+        return np.linalg.cholesky(sigma)
+    except np.linalg.LinAlgError:
+        lam, v = np.linalg.eigh(sigma)
+        lam = np.where(lam > lam.size * np.finfo(np.float64).eps * max(float(lam.max()), 0.0), lam, 0.0)
+        return v * np.sqrt(lam)
+
+
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr √(Σ1 Σ2) for symmetric PSD Σ1, Σ2, via two symmetric eigen-decompositions (float64)."""
-    lam, v = np.linalg.eigh(sigma1)
-    lam1_max = max(float(lam.max()), 0.0)
-    lam = np.where(lam > lam.size * np.finfo(np.float64).eps * lam1_max, lam, 0.0)
-    factor = v * np.sqrt(lam)  # L = V Λ^½, Σ1 = L Lᵀ
-    m = factor.T @ sigma2 @ factor  # similar to Σ1 Σ2, symmetric PSD
+    """tr √(Σ1 Σ2) for symmetric PSD Σ1, Σ2 (float64).
+
+    With Σ1 = L Lᵀ, Lᵀ Σ2 L is similar to Σ1 Σ2 and symmetric PSD, so its eigenvalues come from the
+    symmetric solver ``eigvalsh``; negative rounding noise is clipped.
+    """
+    factor = _psd_factor(sigma1)
+    m = factor.T @ sigma2 @ factor
     m = (m + m.T) / 2
     eigs = np.linalg.eigvalsh(m)
     return _sum_sqrt_eigs(eigs, float(np.abs(eigs).max(initial=0.0)))
@@ -180,10 +205,13 @@ def _check_moments(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.nda
     mu = np.asarray(mu, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{name}: mean of shape {mu.shape} and covariance of shape {sigma.shape} do not match")
+        raise ValueError(
+            f"{name}: mean of shape {mu.shape} and covariance of shape {sigma.shape} do not match"
+        )
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise ValueError(f"{name}: mean or covariance contains NaN or inf")
-    if not np.allclose(sigma, sigma.T, rtol=1e-10, atol=1e-12 * max(np.abs(sigma).max(), 1e-300)):
+    scale = float(np.abs(sigma).max(initial=0.0))
+    if float(np.abs(sigma - sigma.T).max(initial=0.0)) > 1e-10 * scale:
         raise ValueError(f"{name}: covariance is not symmetric")
     return mu, (sigma + sigma.T) / 2
 
@@ -194,8 +222,12 @@ def frechet_terms(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: 
     if mu1.shape != mu2.shape:
         raise ValueError(f"feature dimensions differ: {mu1.shape[0]} vs {mu2.shape[0]}")
     diff = mu1 - mu2
-    return FrechetTerms(float(diff @ diff), float(np.trace(sigma1)), float(np.trace(sigma2)),
-                        trace_sqrt_product(sigma1, sigma2))
+    return FrechetTerms(
+        float(diff @ diff),
+        float(np.trace(sigma1)),
+        float(np.trace(sigma2)),
+        trace_sqrt_product(sigma1, sigma2),
+    )
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -218,13 +250,14 @@ def frechet_terms_from_features(x: np.ndarray | torch.Tensor, y: np.ndarray | to
     if d != d2:
         raise ValueError(f"feature dimensions differ: {d} vs {d2}")
     if min(n, m) >= d:
-        return frechet_terms(x.mean(0), np.cov(x, rowvar=False, bias=True),
-                             y.mean(0), np.cov(y, rowvar=False, bias=True))
+        return frechet_terms(
+            x.mean(0), np.cov(x, rowvar=False, bias=True), y.mean(0), np.cov(y, rowvar=False, bias=True)
+        )
     xc, yc = _centred(x), _centred(y)
     diff = x.mean(0) - y.mean(0)
     # Σ1 = X̃ᵀX̃/n, Σ2 = ỸᵀỸ/m: the non-zero λ(Σ1Σ2) are σ²(X̃Ỹᵀ)/(nm), so tr √ = ‖X̃Ỹᵀ‖_* / √(nm).
     sv = np.linalg.svd(xc @ yc.T, compute_uv=False)
-    tr_sqrt = _sum_sqrt_eigs(sv**2, float(sv.max(initial=0.0)) ** 2) / np.sqrt(n * m)
+    tr_sqrt = _sum_sqrt_eigs(sv**2, float(sv.max(initial=0.0)) ** 2) / float(np.sqrt(n * m))
     return FrechetTerms(float(diff @ diff), float((xc * xc).sum() / n), float((yc * yc).sum() / m), tr_sqrt)
 
 
@@ -244,8 +277,13 @@ def _weighted_moments(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndar
     return mu, (cov + cov.T) / 2
 
 
-def bootstrap_fvd(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | torch.Tensor, B: int = 100,
-                  seed: int = 0, progress: bool = False) -> dict:
+def bootstrap_fvd(
+    feats_a: np.ndarray | torch.Tensor,
+    feats_b: np.ndarray | torch.Tensor,
+    B: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     """Bootstrap distribution of the Fréchet distance between two feature sets.
 
     Each of the B replicates resamples set A (n rows) and set B (m rows) independently, with replacement,
@@ -259,8 +297,9 @@ def bootstrap_fvd(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | torc
         raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
     if B < 2:
         raise ValueError(f"bootstrap B must be >= 2, got {B}")
-    point = frechet_distance(a.mean(0), np.cov(a, rowvar=False, bias=True),
-                             b.mean(0), np.cov(b, rowvar=False, bias=True))
+    point = frechet_distance(
+        a.mean(0), np.cov(a, rowvar=False, bias=True), b.mean(0), np.cov(b, rowvar=False, bias=True)
+    )
     rng = np.random.default_rng(seed)
     reps = np.empty(B, np.float64)
     for i in tqdm(range(B), desc="bootstrap FVD", disable=not progress):
@@ -268,10 +307,33 @@ def bootstrap_fvd(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | torc
         wb = np.bincount(rng.integers(0, len(b), len(b)), minlength=len(b)).astype(np.float64)
         reps[i] = frechet_distance(*_weighted_moments(a, wa), *_weighted_moments(b, wb))
     lo, hi = np.percentile(reps, [2.5, 97.5])
-    return {"fvd": point, "mean": float(reps.mean()), "std": float(reps.std(ddof=1)),
-            "ci_low": float(lo), "ci_high": float(hi), "B": B, "seed": seed,
-            "resampled": "both feature sets independently, with replacement, at their original sizes; "
-                         "95% percentile interval"}
+    return {
+        "fvd": point,
+        "mean": float(reps.mean()),
+        "std": float(reps.std(ddof=1)),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "B": B,
+        "seed": seed,
+        "resampled": "both feature sets independently, with replacement, at their original sizes; "
+        "95% percentile interval",
+    }
+
+
+def fvd_report(feats_real: np.ndarray, feats_gen: np.ndarray, bootstrap: int = 100, seed: int = 0) -> dict:
+    """Everything a results file needs about one FVD: the value, its terms, set sizes and (when
+    ``bootstrap`` >= 2) the bootstrap CI. Merge with ``Detector.info()`` and provenance."""
+    terms = frechet_terms_from_features(feats_real, feats_gen)
+    out = {
+        "fvd": terms.distance,
+        "n_real": len(feats_real),
+        "n_gen": len(feats_gen),
+        "terms": terms._asdict(),
+        "covariance": "population (/N)",
+    }
+    if bootstrap >= 2:
+        out["bootstrap"] = bootstrap_fvd(feats_real, feats_gen, B=bootstrap, seed=seed)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -283,6 +345,8 @@ def _batches(videos: Iterable[torch.Tensor | np.ndarray], batch_size: int) -> It
     count = 0
     for v in videos:
         v = torch.as_tensor(v)
+        if v.dtype == torch.uint8:  # before batching, so uint8 and float items can be mixed
+            v = v.float() / 255.0
         if v.ndim == 4:
             v = v.unsqueeze(0)
         if v.ndim != 5:
@@ -298,9 +362,12 @@ def _batches(videos: Iterable[torch.Tensor | np.ndarray], batch_size: int) -> It
         yield torch.cat(buf)
 
 
-def compute_features(detector: Callable[[torch.Tensor], torch.Tensor],
-                     videos: Iterable[torch.Tensor | np.ndarray], batch_size: int = 32,
-                     progress: bool = True) -> np.ndarray:
+def compute_features(
+    detector: Callable[[torch.Tensor], torch.Tensor],
+    videos: Iterable[torch.Tensor | np.ndarray],
+    batch_size: int = 32,
+    progress: bool = True,
+) -> np.ndarray:
     """Detector features of every video, in order: (n, d) float32.
 
     ``videos`` yields float (B, C, T, H, W) / (C, T, H, W) in [0, 1], or uint8 in [0, 255] (divided by 255).
@@ -309,8 +376,6 @@ def compute_features(detector: Callable[[torch.Tensor], torch.Tensor],
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out: list[np.ndarray] = []
     for batch in tqdm(_batches(videos, batch_size), desc="I3D features", unit="batch", disable=not progress):
-        if batch.dtype == torch.uint8:
-            batch = batch.float() / 255.0
         out.append(torch.as_tensor(detector(batch)).detach().float().cpu().numpy())
     if not out:
         raise ValueError("compute_features: the video iterable was empty")

@@ -1,0 +1,114 @@
+"""Which real clips an FVD compares against: the LARP gFVD and rFVD protocols on a metadata table.
+
+The table is the dataset's ``index.csv`` / ``videos.csv`` (columns ``video_id, label, split1..3, num_frames``;
+``splitK`` is "train" or "test"). Rows are used in table order, so the same table gives the same clips.
+
+* gFVD (LARP ``sample.py``): index every non-overlapping ``frames``-long clip [k·frames, (k+1)·frames) of
+  every split-K training video, in table order; draw
+  ``random.Random(seed).sample(range(len(index)), num_clips)``.
+  The drawn order matters: clip i's label conditions generated video i, and the clips are the real set.
+* rFVD (LARP ``rfvd_evaluator``): every split-K training video, one ``frames``-long clip each, start drawn
+  uniformly in [0, num_frames - frames] by a seeded numpy generator (LARP's start is unseeded). Videos shorter
+  than ``frames`` get start 0 and are padded by repeating the last frame (LARP's loader does the same).
+
+Both return a DataFrame with columns ``row`` (position in the table), ``video_id``, ``start``, ``label``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import pandas as pd
+
+CLIP_COLUMNS = ["row", "video_id", "start", "label"]
+_REQUIRED = ("video_id", "label", "num_frames")
+
+
+def _train_rows(table: pd.DataFrame, split: int) -> pd.DataFrame:
+    """The split's training rows, in table order, with a ``row`` column (position in ``table``)."""
+    if split not in (1, 2, 3):
+        raise ValueError(f"split must be 1, 2 or 3, got {split!r}")
+    col = f"split{split}"
+    missing = [c for c in (*_REQUIRED, col) if c not in table.columns]
+    if missing:
+        raise ValueError(f"metadata table lacks column(s) {missing}; has {list(table.columns)}")
+    bad = set(table[col].unique()) - {"train", "test"}
+    if bad:
+        raise ValueError(f"metadata column {col} must hold 'train' or 'test', found {sorted(map(str, bad))}")
+    nf = pd.to_numeric(table["num_frames"], errors="coerce")
+    if nf.isna().any() or (nf < 0).any() or (nf != nf.round()).any():
+        raise ValueError("metadata column num_frames must hold non-negative integers")
+    rows = table.assign(row=np.arange(len(table)), num_frames=nf.astype(np.int64))
+    return rows[rows[col] == "train"]
+
+
+def gfvd_real_clips(
+    table: pd.DataFrame, frames: int = 16, num_clips: int = 10000, seed: int = 42, split: int = 1
+) -> pd.DataFrame:
+    """``num_clips`` real clips (and their labels) for class-conditional gFVD, in draw order."""
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    train = _train_rows(table, split)
+    per_video = (train["num_frames"] // frames).to_numpy()
+    n_index = int(per_video.sum())
+    if num_clips > n_index:
+        raise ValueError(
+            f"gFVD asks for num_clips={num_clips} clips but split {split} training videos hold only "
+            f"{n_index} non-overlapping {frames}-frame clips"
+        )
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    # the index: video j contributes clips k = 0..per_video[j]-1, videos in table order
+    video_pos = np.repeat(np.arange(len(train)), per_video)
+    clip_k = np.arange(n_index) - np.repeat(np.cumsum(per_video) - per_video, per_video)
+    pick = np.asarray(random.Random(seed).sample(range(n_index), num_clips), dtype=np.int64)
+    src = train.iloc[video_pos[pick]]
+    return pd.DataFrame(
+        {
+            "row": src["row"].to_numpy(),
+            "video_id": src["video_id"].to_numpy(),
+            "start": clip_k[pick] * frames,
+            "label": src["label"].to_numpy(),
+        }
+    )
+
+
+def rfvd_clips(
+    table: pd.DataFrame, frames: int = 16, seed: int = 0, split: int = 1, max_videos: int | None = None
+) -> pd.DataFrame:
+    """One clip per split-K training video (table order). ``max_videos`` keeps a seeded random subset (still
+    in table order, so a subset spans all classes); a video's start does not depend on ``max_videos``."""
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    train = _train_rows(table, split)
+    rng = np.random.default_rng(seed)
+    span = np.maximum(train["num_frames"].to_numpy() - frames, 0)
+    starts = rng.integers(0, span + 1)  # one draw per video, whatever max_videos is
+    keep = np.arange(len(train))
+    if max_videos is not None:
+        if max_videos < 1:
+            raise ValueError(f"max_videos must be >= 1 or None, got {max_videos}")
+        if max_videos < len(train):
+            keep = np.sort(rng.choice(len(train), size=max_videos, replace=False))
+    src = train.iloc[keep]
+    return pd.DataFrame(
+        {
+            "row": src["row"].to_numpy(),
+            "video_id": src["video_id"].to_numpy(),
+            "start": starts[keep].astype(np.int64),
+            "label": src["label"].to_numpy(),
+        }
+    )
+
+
+def clips_hash(clips: pd.DataFrame) -> str:
+    """sha256 of the clip list (row, video_id, start, label per line, in order): provenance and cache key."""
+    missing = [c for c in CLIP_COLUMNS if c not in clips.columns]
+    if missing:
+        raise ValueError(f"clip table lacks column(s) {missing}")
+    h = hashlib.sha256(b"larp-clips-v1\n")
+    for r, v, s, lab in zip(clips["row"], clips["video_id"], clips["start"], clips["label"]):
+        h.update(f"{int(r)},{v},{int(s)},{int(lab)}\n".encode())
+    return h.hexdigest()

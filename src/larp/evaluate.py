@@ -1,0 +1,253 @@
+"""`larp sample`, `larp fvd`, `larp rfvd`: the evaluation protocols of LARP_SPEC.md section 6, end to end.
+
+gFVD: the real set is ``fvd.num_clips`` clips drawn with ``random.Random(fvd.clip_seed)`` from all
+non-overlapping clips of the split's training videos; their labels condition the generated videos (sample i
+gets the label of real clip i); FVD = generated vs those same real clips. Sampling is sharded: shard k of S
+generates indices [k n / S, (k + 1) n / S), each from its own seeded stream, and `larp fvd` merges the shards.
+
+rFVD: one clip per training video (start from ``fvd.rfvd_seed``), reconstructed with argmax SVQ; also PSNR
+(mean of per-video PSNR), SSIM and LPIPS.
+
+Every result file records the protocol, detector identity, checkpoint hashes, parameters and provenance.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from einops import rearrange
+from tqdm import tqdm
+
+from larp.config import Params
+from larp.data.clips import ClipDataset
+from larp.data.frames import FrameStore
+from larp.eval.fvd import compute_features, fvd_report, load_features, save_features
+from larp.eval.i3d import load_detector
+from larp.eval.metrics import psnr_per_video, ssim_per_video
+from larp.eval.protocols import clips_hash, gfvd_real_clips, rfvd_clips
+from larp.files import atomic_path, atomic_write_json, sha256_file
+from larp.provenance import provenance
+from larp.visualize import grid_png, write_mp4
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def gfvd_clips(frames_dir: Path, params: Params) -> pd.DataFrame:
+    """The gFVD protocol's real clips (row, video_id, start, label), in draw order."""
+    table = FrameStore(frames_dir).table
+    return gfvd_real_clips(table, frames=params.data.frames, num_clips=params.fvd.num_clips,
+                           seed=params.fvd.clip_seed, split=params.data.split)
+
+
+def shard_range(n: int, shard: int, num_shards: int) -> range:
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} outside [0, {num_shards}) (sample.shards)")
+    return range(shard * n // num_shards, (shard + 1) * n // num_shards)
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling
+
+
+def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
+                 params: Params, *, progress: bool = True) -> None:
+    """Generate shard ``shard`` of the gFVD set: videos.npy (uint8 n,T,H,W,3), samples.csv, previews."""
+    from larp.sample import DTYPES, sample_videos
+    from larp.train.generator import load_generator
+    from larp.train.tokenizer import load_tokenizer
+
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    clips = gfvd_clips(frames_dir, params)
+    idx = shard_range(len(clips), shard, len(params.sample.shards))
+    pairs = [(i, int(clips["label"].iloc[i])) for i in idx]
+    device = _device()
+    gen = load_generator(ar_weights, params, device)
+    tok = load_tokenizer(tokenizer_weights, params, device)
+    s = params.sample
+    dtype = DTYPES[s.dtype] if device.type == "cuda" else torch.float32
+
+    def decode(ids: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            return tok.decode(ids).float()
+
+    res = sample_videos(gen, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
+                        top_p=s.top_p, seed=s.seed, batch_size=s.batch_size, device=device, dtype=dtype,
+                        progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "videos.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, res.videos)
+    table = pd.DataFrame({"index": [i for i, _ in pairs], "label": [c for _, c in pairs], "nll": res.nll})
+    with atomic_path(out_dir / "samples.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if len(res.videos):
+        grid_png(res.videos[:8], out_dir / "grid.png")
+        for i in range(min(2, len(res.videos))):
+            write_mp4(res.videos[i], out_dir / f"sample-{pairs[i][0]:06d}.mp4")
+    atomic_write_json(out_dir / "sample.json", provenance(
+        {"sample": dataclasses.asdict(s)}, inputs={"tokenizer": sha256_file(tokenizer_weights),
+                                                   "ar": sha256_file(ar_weights)},
+        shard=shard, num_shards=len(s.shards), indices=[idx.start, idx.stop], num_samples=len(pairs),
+        clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))
+
+
+# --------------------------------------------------------------------------------------------------
+# FVD
+
+
+def _real_features(frames_dir: Path, refs: pd.DataFrame, detector, params: Params, cache_dir: Path,
+                   progress: bool) -> tuple[np.ndarray, str]:
+    """Detector features of the real clips, cached under a hash of protocol + data + detector."""
+    key = hashlib.sha256(json.dumps({
+        "clips": clips_hash(refs), "videos": sha256_file(Path(frames_dir) / "videos.csv"),
+        "detector": detector.sha256, "frames": params.data.frames, "size": params.data.size,
+    }, sort_keys=True).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / f"real-{key}.npy"
+    if path.is_file():
+        return load_features(path), str(path)
+    reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
+    videos = (reader.read_clip(int(r.row), int(r.start)) for r in refs.itertuples())
+    feats = compute_features(detector, videos, batch_size=params.fvd.batch_size, progress=progress)
+    save_features(path, feats)
+    return feats, str(path)
+
+
+def _append_report(path: Path, row: dict) -> None:
+    """Append one row to the results table (like the official fvd_report.csv), header on first write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+        f.flush()
+
+
+def _result_common(detector, params: Params, refs: pd.DataFrame, t0: float) -> dict:
+    return {
+        "detector": detector.info(),
+        "comparable_to_papers": bool(detector.comparable_to_papers),
+        "protocol_params": {"frames": params.data.frames, "resolution": params.data.size,
+                            "split": params.data.split, "clips_hash": clips_hash(refs)},
+        "wall_time_s": round(time.time() - t0, 2),
+    }
+
+
+def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,
+         cache_dir: Path | None = None, progress: bool = True) -> dict:
+    """FVD of the merged sample shards against the protocol's real clips; writes ``out`` (JSON)."""
+    t0 = time.time()
+    frames_dir, samples_dir, out = Path(frames_dir), Path(samples_dir), Path(out)
+    refs = gfvd_clips(frames_dir, params)
+    shards = sorted(p for p in samples_dir.glob("shard-*") if p.is_dir())
+    if len(shards) != len(params.sample.shards):
+        raise ValueError(f"{samples_dir}: found {len(shards)} shard directories, sample.shards expects "
+                         f"{len(params.sample.shards)}")
+    tables = [pd.read_csv(s / "samples.csv") for s in shards]
+    got = np.concatenate([t["index"].to_numpy() for t in tables])
+    if sorted(got.tolist()) != list(range(len(refs))):
+        raise ValueError(f"{samples_dir}: the shards hold {len(got)} samples, not exactly indices 0..{len(refs) - 1}")
+    metas = [json.loads((s / "sample.json").read_text()) for s in shards]
+    for m in metas:
+        if m["clips_hash"] != clips_hash(refs):
+            raise ValueError(f"{samples_dir}: a shard was generated for another protocol (clips hash differs)")
+    detector = load_detector(params.fvd.detector, device=_device())
+    real, real_cache = _real_features(frames_dir, refs, detector, params,
+                                      cache_dir or frames_dir.parent.parent / "fvd_cache", progress)
+    gen_parts = []
+    for s in tqdm(shards, desc="generated features", disable=not progress):
+        videos = np.load(s / "videos.npy", mmap_mode="r")
+        gen_parts.append(compute_features(
+            detector, (rearrange(torch.from_numpy(np.array(v)), "t h w c -> c t h w") for v in videos),
+            batch_size=params.fvd.batch_size, progress=False))
+    order = np.argsort(got)
+    gen = np.concatenate(gen_parts)[order]
+    report = fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
+    nll = float(np.concatenate([t["nll"].to_numpy() for t in tables]).mean())
+    result = {
+        "metric": "gFVD", "dataset": dataset, "value": report["fvd"],
+        "ci95": [report["bootstrap"]["ci_low"], report["bootstrap"]["ci_high"]] if "bootstrap" in report else None,
+        "n_generated": report["n_gen"], "n_real": report["n_real"], "fvd": report,
+        "protocol": {"name": "gFVD class-conditional", "real_clips": "non-overlapping clips of split train videos",
+                     "num_clips": params.fvd.num_clips, "seed": params.fvd.clip_seed,
+                     "cfg_scale": params.sample.cfg_scale, "temperature": params.sample.temperature,
+                     "top_k": params.sample.top_k, "top_p": params.sample.top_p},
+        "nll_sampled": nll,
+        "checkpoints": metas[0]["inputs"],
+        "real_features_cache": real_cache,
+        **_result_common(detector, params, refs, t0),
+    }
+    result["provenance"] = provenance(params)
+    atomic_write_json(out, result)
+    _append_report(out.parent / "fvd_report.csv", {
+        "dataset": dataset, "ar_model": metas[0]["inputs"]["ar"][:12], "tokenizer": metas[0]["inputs"]["tokenizer"][:12],
+        "num_samples": report["n_gen"], "cfg_scale": params.sample.cfg_scale,
+        "temperature": params.sample.temperature, "top_k": params.sample.top_k, "top_p": params.sample.top_p,
+        "dtype": params.sample.dtype, "NLL_sampled": f"{nll:.4f}", "fvd": f"{report['fvd']:.4f}",
+        "ci_low": f"{result['ci95'][0]:.4f}" if result["ci95"] else "", "ci_high": f"{result['ci95'][1]:.4f}" if result["ci95"] else "",
+        "detector": detector.name, "comparable_to_papers": detector.comparable_to_papers,
+        "git": result["provenance"]["git"]["commit"], "created": result["provenance"]["created"]})
+    return result
+
+
+def rfvd(dataset: str, frames_dir: Path, tokenizer_weights: Path, out: Path, params: Params, *,
+         progress: bool = True) -> dict:
+    """Reconstruction FVD / PSNR / SSIM / LPIPS of the tokenizer (argmax SVQ) on the rFVD clips."""
+    from larp.train.tokenizer import load_tokenizer
+
+    t0 = time.time()
+    frames_dir, out = Path(frames_dir), Path(out)
+    table = FrameStore(frames_dir).table
+    refs = rfvd_clips(table, frames=params.data.frames, seed=params.fvd.rfvd_seed, split=params.data.split,
+                      max_videos=params.fvd.rfvd_max_videos)
+    device = _device()
+    tok = load_tokenizer(tokenizer_weights, params, device)
+    detector = load_detector(params.fvd.detector, device=device)
+    lpips = None
+    if params.fvd.lpips:
+        from larp.losses import LPIPS, video_lpips
+
+        lpips = LPIPS.from_pretrained().to(device).eval()
+    reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
+    real_f, rec_f, psnr, ssim, lp = [], [], [], [], []
+    bs = params.fvd.batch_size
+    for i in tqdm(range(0, len(refs), bs), desc="rfvd", disable=not progress):
+        chunk = refs.iloc[i:i + bs]
+        video = torch.stack([reader.read_clip(int(r.row), int(r.start)) for r in chunk.itertuples()]).to(device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            recon = tok.decode(tok.encode(video)).float().clamp(0, 1)
+        real_f.append(detector(video))
+        rec_f.append(detector(recon))
+        psnr.append(psnr_per_video(recon, video).cpu())
+        ssim.append(ssim_per_video(recon, video).cpu())
+        if lpips is not None:
+            with torch.no_grad():
+                lp.append(float(video_lpips(lpips, video, recon)) * len(chunk))
+    real, rec = torch.cat(real_f).numpy(), torch.cat(rec_f).numpy()
+    report = fvd_report(real, rec, bootstrap=params.fvd.bootstrap, seed=params.fvd.rfvd_seed)
+    result = {
+        "metric": "rFVD", "dataset": dataset, "value": report["fvd"],
+        "ci95": [report["bootstrap"]["ci_low"], report["bootstrap"]["ci_high"]] if "bootstrap" in report else None,
+        "n_generated": report["n_gen"], "n_real": report["n_real"], "fvd": report,
+        "psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean()),
+        "lpips": (sum(lp) / len(refs)) if lpips is not None else None,
+        "lpips_note": None if lpips is not None else "not computed: fvd.lpips is false (needs VGG16 + LPIPS weights)",
+        "protocol": {"name": "rFVD reconstruction", "clips": "one clip per split train video",
+                     "seed": params.fvd.rfvd_seed, "max_videos": params.fvd.rfvd_max_videos, "svq": "argmax"},
+        "checkpoints": {"tokenizer": sha256_file(tokenizer_weights)},
+        **_result_common(detector, params, refs, t0),
+    }
+    result["provenance"] = provenance(params)
+    atomic_write_json(out, result)
+    return result

@@ -1,0 +1,358 @@
+"""Class-conditional AR generator ``llama-abs-LP`` (LARP_SPEC.md section 4.1).
+
+A Llama-style decoder (RMSNorm, fused-qkv multi-head attention, SwiGLU) with a *learned absolute* position
+table instead of RoPE. Sequence layout, N = ``seq_len`` = 1024 positions:
+
+    position 0      class embedding (id ``num_classes`` is the null class used by classifier-free guidance)
+    position i >= 1 token z_{i-1}
+    logits at position i predict z_i
+
+Training feeds [class, z_0 .. z_{N-2}] and scores z_0 .. z_{N-1}. Generation fills a static KV cache:
+``prefill`` (class, plus optionally a token prefix) and then one ``decode_step`` per token. The sampling
+loops themselves (CFG, temperature, top-k/top-p) live in :mod:`larp.sample`.
+
+Parameter names follow the official checkpoint (``tok_embeddings``, ``cls_embedding.embedding_table``,
+``abs_pe``, ``layers.{i}.attention.wqkv`` ...), so released weights load without renaming.
+
+Axis letters: b batch, n positions, h heads, d head dim, v vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from larp.config import GeneratorConfig, preset
+
+if TYPE_CHECKING:
+    from larp.sample import Randomness
+
+PRESETS = {"llama-abs-LP": "paper", "tiny": "tiny"}  # generator preset -> larp.config preset
+
+
+def round_up(n: int, multiple: int) -> int:
+    return multiple * ((n + multiple - 1) // multiple)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, with the statistic computed in float32 whatever the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # plain ops rather than F.rms_norm: their dtype under CUDA autocast is certain (float32 stays float32)
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x), no biases, dropout on the output."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.ffn_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class KVCache:
+    """Static key/value store for all layers, installed for one (batch, length, dtype, device).
+
+    ``k``/``v``: one (b, h, s, d) tensor per layer, s = max_len rounded up to a multiple of 8 (LlamaGen's
+    alignment).
+    ``length`` counts the positions written so far; ``batch`` is the batch of the running generation (<= the
+    capacity, so a smaller last batch reuses the same storage). Entries past ``length`` are never read, so the
+    storage is left uninitialised.
+    """
+
+    def __init__(self, layers: int, batch_size: int, heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (batch_size, heads, round_up(max_len, 8), head_dim)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.max_len = max_len
+        self.capacity = batch_size
+        self.batch = batch_size
+        self.length = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k[0].dtype
+
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (b, h, n, d) at positions [start, start + n); return keys/values of [0, start + n)."""
+        end = start + k.shape[2]
+        kc, vc = self.k[layer][: self.batch], self.v[layer][: self.batch]
+        kc[:, :, start:end] = k
+        vc[:, :, start:end] = v
+        return kc[:, :, :end], vc[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention, fused qkv projection, no biases, residual dropout."""
+
+    def __init__(self, dim: int, heads: int, resid_dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.resid_dropout = nn.Dropout(resid_dropout)
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = rearrange(self.wqkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads).unbind(0)
+        return q, k, v
+
+    def _out(self, y: Tensor) -> Tensor:
+        return self.resid_dropout(self.wo(rearrange(y, "b h n d -> b n (h d)")))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Whole sequence, causal: (b, n, dim) -> (b, n, dim)."""
+        q, k, v = self._qkv(x)
+        return self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+    def step(self, x: Tensor, cache: KVCache, layer: int, start: int) -> Tensor:
+        """New positions [start, start + n) against the cached prefix: (b, n, dim) -> (b, n, dim)."""
+        q, k, v = self._qkv(x)
+        keys, values = cache.write(layer, start, k, v)
+        keys, values = keys.to(q.dtype), values.to(q.dtype)  # cache dtype may differ from autocast's
+        n = q.shape[2]
+        if n == 1:  # one query sees the whole cached prefix: no mask
+            y = F.scaled_dot_product_attention(q, keys, values)
+        elif start == 0:
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+        else:  # a block of new queries after a cached prefix: query i sees keys <= start + i
+            qpos = torch.arange(start, start + n, device=x.device)
+            mask = torch.arange(start + n, device=x.device)[None, :] <= qpos[:, None]
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self._out(y)
+
+
+class Block(nn.Module):
+    """Pre-norm block: h = x + attn(norm(x)); out = h + ffn(norm(h))."""
+
+    def __init__(self, c: GeneratorConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(c.width, c.norm_eps)
+        self.attention = Attention(c.width, c.heads, c.resid_dropout)
+        self.ffn_norm = RMSNorm(c.width, c.norm_eps)
+        self.feed_forward = SwiGLU(c.width, c.ffn_hidden, c.ffn_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x + self.attention(self.attention_norm(x))
+        return h + self.feed_forward(self.ffn_norm(h))
+
+    def step(self, x: Tensor, cache: KVCache, layer: int, start: int) -> Tensor:
+        h = x + self.attention.step(self.attention_norm(x), cache, layer, start)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class ClassEmbedder(nn.Module):
+    """Class label -> vector; in training mode each label is replaced by the null id with prob ``dropout``.
+
+    The drop uses the global torch RNG, like ``nn.Dropout`` (the training loop seeds it per rank).
+    """
+
+    def __init__(self, num_classes: int, dim: int, dropout: float):
+        super().__init__()
+        self.null_class = num_classes
+        self.dropout = dropout
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: Tensor) -> Tensor:
+        if self.training and self.dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        return self.embedding_table(labels)
+
+
+class LARPGenerator(nn.Module):
+    """Class-conditional token generator. ``cfg`` is a :class:`larp.config.GeneratorConfig`."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        cfg.validate()
+        for key, low in (("depth", 1), ("heads", 1), ("width", 1), ("vocab_size", 2), ("seq_len", 2)):
+            if getattr(cfg, key) < low:
+                raise ValueError(f"generator.{key}: must be >= {low}, got {getattr(cfg, key)}")
+        self.cfg = cfg
+        self.cls_embedding = ClassEmbedder(cfg.num_classes, cfg.width, cfg.class_dropout)
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.tok_dropout = nn.Dropout(cfg.token_dropout)
+        # one row per position: the class slot + seq_len - 1 token slots (official: max_seq_len + cls_num - 1)
+        self.abs_pe = nn.Parameter(torch.zeros(1, cfg.seq_len, cfg.width))
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.output = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+        self.cache: KVCache | None = None
+        self.reset_parameters()
+
+    # ---------------------------------------------------------------------------------------------
+    # construction
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> LARPGenerator:
+        """``"llama-abs-LP"`` (paper, 631.98M parameters) or ``"tiny"`` (CPU), with config field overrides."""
+        return cls(preset_config(name, **overrides))
+
+    def reset_parameters(self) -> None:
+        """N(0, init_std) for every Linear/Embedding and ``abs_pe``, ones for norms, zeros for the head."""
+        if self.abs_pe.is_meta:  # shape-only model (parameter counting): there are no values to set
+            return
+        std = self.cfg.init_std
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+            elif isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+        nn.init.normal_(self.abs_pe, mean=0.0, std=std)
+        nn.init.zeros_(self.output.weight)
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def optim_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: decay on Linear weights only; none on norms, embeddings, ``abs_pe`` (or biases)."""
+        decay = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
+        decay_ids = {id(p) for p in decay}
+        rest = [p for p in self.parameters() if id(p) not in decay_ids]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+    # ---------------------------------------------------------------------------------------------
+    # training / teacher forcing
+
+    def _check_inputs(self, class_ids: Tensor, tokens: Tensor | None, max_tokens: int) -> None:
+        if class_ids.ndim != 1 or class_ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"class_ids: expected a 1-D integer tensor, got {tuple(class_ids.shape)} "
+                             f"{class_ids.dtype}")
+        if tokens is None:
+            return
+        integer = tokens.dtype in (torch.int32, torch.int64)
+        if tokens.ndim != 2 or tokens.shape[0] != class_ids.shape[0] or not integer:
+            raise ValueError(f"tokens: expected an integer tensor (b={class_ids.shape[0]}, n), "
+                             f"got {tuple(tokens.shape)} {tokens.dtype}")
+        if tokens.shape[1] > max_tokens:
+            raise ValueError(f"tokens: at most {max_tokens} tokens fit here (seq_len {self.cfg.seq_len}), "
+                             f"got {tokens.shape[1]}")
+
+    def _logits(self, h: Tensor) -> Tensor:
+        return self.output(self.norm(h)).float()
+
+    def forward(self, class_ids: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced logits.
+
+        class_ids: (b,) in [0, num_classes] (num_classes = null class); tokens: (b, n) fed after the class,
+        n <= seq_len - 1. Returns float32 logits (b, n + 1, v); position i predicts token i. Training feeds
+        ``tokens[:, :-1]`` of a full sequence, giving (b, seq_len, v) aligned with the targets.
+        """
+        self._check_inputs(class_ids, tokens, self.cfg.seq_len - 1)
+        x = torch.cat([self.cls_embedding(class_ids)[:, None], self.tok_embeddings(tokens)], dim=1)
+        h = self.tok_dropout(x) + self.abs_pe[:, : x.shape[1]]
+        for block in self.layers:
+            h = block(h)
+        return self._logits(h)
+
+    def loss(self, class_ids: Tensor, tokens: Tensor) -> Tensor:
+        """Mean next-token cross-entropy of full sequences ``tokens`` (b, seq_len) given their classes."""
+        if tokens.ndim != 2 or tokens.shape[1] != self.cfg.seq_len:
+            raise ValueError(f"tokens: expected (b, {self.cfg.seq_len}), got {tuple(tokens.shape)}")
+        logits = self(class_ids, tokens[:, :-1])
+        return F.cross_entropy(rearrange(logits, "b n v -> b v n"), tokens.long())
+
+    # ---------------------------------------------------------------------------------------------
+    # KV-cache inference
+
+    def setup_cache(self, batch_size: int, *, dtype: torch.dtype | None = None) -> KVCache:
+        """Install a static cache for up to ``batch_size`` rows and all ``seq_len`` positions."""
+        p = self.abs_pe
+        c = self.cfg
+        self.cache = KVCache(c.depth, batch_size, c.heads, c.seq_len, c.width // c.heads,
+                             dtype or p.dtype, p.device)
+        return self.cache
+
+    def remove_cache(self) -> None:
+        self.cache = None
+
+    def _step(self, x: Tensor, start: int) -> Tensor:
+        assert self.cache is not None
+        h = self.tok_dropout(x) + self.abs_pe[:, start : start + x.shape[1]]
+        for i, block in enumerate(self.layers):
+            h = block.step(h, self.cache, i, start)
+        self.cache.length = start + x.shape[1]
+        return self._logits(h[:, -1])
+
+    def prefill(self, class_ids: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """Start a generation: positions 0..n (class, then ``tokens`` (b, n) if given) go into the cache.
+
+        Returns float32 logits (b, v) predicting token n (token 0 without a prefix).
+        """
+        if self.cache is None:
+            raise RuntimeError("prefill: no KV cache installed; call setup_cache(batch_size) first")
+        self._check_inputs(class_ids, tokens, self.cfg.seq_len - 1)
+        if class_ids.shape[0] > self.cache.capacity:
+            raise ValueError(f"class_ids: batch {class_ids.shape[0]} exceeds the cache capacity "
+                             f"{self.cache.capacity}")
+        self.cache.batch = class_ids.shape[0]
+        x = self.cls_embedding(class_ids)[:, None]
+        if tokens is not None:
+            x = torch.cat([x, self.tok_embeddings(tokens)], dim=1)
+        return self._step(x, 0)
+
+    def decode_step(self, tokens: Tensor, pos: int) -> Tensor:
+        """Feed token z_{pos-1} (b,) at position ``pos`` (= the cache length); logits (b, v) of z_pos."""
+        cache = self.cache
+        if cache is None:
+            raise RuntimeError("decode_step: no KV cache installed; call setup_cache and prefill first")
+        if pos != cache.length or not 1 <= pos < self.cfg.seq_len:
+            raise ValueError(f"decode_step: pos must be the next free position {cache.length} "
+                             f"(< seq_len {self.cfg.seq_len}), got {pos}")
+        if tokens.shape != (cache.batch,):
+            raise ValueError(f"tokens: expected shape ({cache.batch},), got {tuple(tokens.shape)}")
+        return self._step(self.tok_embeddings(tokens)[:, None], pos)
+
+    def generate(self, class_ids: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: Randomness) -> Tensor:
+        """Sample (b, seq_len) token ids with the KV cache; see :func:`larp.sample.generate`."""
+        from larp.sample import generate  # sampling lives in its own module; imported late to avoid a cycle
+
+        return generate(self, class_ids, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
+                        top_p=top_p, generator=generator)
+
+
+def preset_config(name: str, **overrides: Any) -> GeneratorConfig:
+    """GeneratorConfig of a named preset with field overrides; unknown names/wrong types raise ValueError."""
+    if name not in PRESETS:
+        raise ValueError(f"LARPGenerator preset: unknown name {name!r}; choose one of {sorted(PRESETS)}")
+    base = preset(PRESETS[name]).generator
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(GeneratorConfig)}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ValueError(f"generator.{key}: unknown field (known: {', '.join(sorted(fields))})")
+        want = type(fields[key])
+        if want is float and type(value) is int:  # ints are fine where floats are expected
+            overrides[key] = value = float(value)
+        if type(value) is not want:  # exact type: rejects True for an int field and 2.5 for an int field
+            raise ValueError(f"generator.{key}: expected {want.__name__}, got {value!r}")
+    cfg = dataclasses.replace(base, **overrides)
+    cfg.validate()
+    return cfg
+
+
+__all__ = ["LARPGenerator", "GeneratorConfig", "KVCache", "RMSNorm", "SwiGLU", "preset_config"]

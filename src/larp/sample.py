@@ -1,0 +1,336 @@
+"""Sampling from the AR generator: guidance, token choice, KV-cache and reference loops, sharded videos.
+
+Token choice (LARP_SPEC.md section 4.3): logits -> classifier-free guidance ``uncond + s * (cond - uncond)``
+(every step, the first one included; the batch is doubled with the null class) -> / temperature ->
+optional top-k, then top-p filtering -> softmax (float32) -> one draw.
+
+The draw is an inverse-CDF lookup of a uniform number that each row brings with it: row r at step t uses
+``u[r, t]``. The uniforms of a sample are drawn once, up front, from that sample's own generator, so which
+token a row gets depends on its own logits and its own stream only, never on the batch it shares or the
+order of rows. Sharded sampling seeds sample i's generator from (seed, i): the video for index i is the
+same whatever the shard size or the batch size (up to last-bit differences of batched matmuls, which move a
+draw only if ``u`` falls within ~1e-7 of a CDF boundary).
+
+Axis letters: b batch, n tokens, v vocabulary; video b c t h w.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Callable, Iterator, NamedTuple, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+from tqdm import tqdm
+
+from larp.models.generator import LARPGenerator
+
+# one generator for the whole batch, or one per row (per-sample streams)
+Randomness = Union[torch.Generator, Sequence[torch.Generator]]
+
+# SampleParams.dtype -> the autocast dtype of sampling (fp32: no autocast)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# --------------------------------------------------------------------------------------------------
+# token choice
+
+
+def cfg_mix(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance: uncond + scale * (cond - uncond); scale 1 gives ``cond``."""
+    return uncond + scale * (cond - uncond)
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits of each row (ties with the k-th are kept), -inf elsewhere. (b, v)."""
+    if k < 1:
+        raise ValueError(f"top_k: must be >= 1 or None, got {k}")
+    k = min(k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches ``p``. (b, v)."""
+    if not 0 < p <= 1:
+        raise ValueError(f"top_p: must be in (0, 1] or None, got {p}")
+    if p >= 1:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs  # probability of the strictly more likely tokens
+    drop_sorted = mass_before >= p  # the most likely token always stays (mass_before = 0)
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Token r gets index i with cdf[i-1] <= u_r < cdf[i]: (b, v) probabilities, (b,) uniforms -> (b,) ids.
+
+    The CDF is accumulated in float64 and u is scaled by its total, so zero-probability tokens (filtered
+    out) are never chosen and rounding cannot push u past the end.
+    """
+    cdf = probs.cumsum(-1, dtype=torch.float64)
+    u = u.to(device=cdf.device, dtype=torch.float64).reshape(*cdf.shape[:-1], 1) * cdf[..., -1:]
+    idx = torch.searchsorted(cdf, u, right=True)[..., 0]
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+def choose_tokens(logits: Tensor, u: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> Tensor:
+    """Guided logits (b, v) and uniforms (b,) in [0, 1) -> token ids (b,) (int64)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature: must be > 0, got {temperature}")
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return inverse_cdf(logits.softmax(-1), u)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """63-bit seed of sample ``index`` in the run seeded ``seed``; hashed, so nearby seeds are unrelated."""
+    digest = hashlib.sha256(f"larp-sample:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample index, seeded by :func:`sample_seed`."""
+    return [torch.Generator().manual_seed(sample_seed(seed, int(i))) for i in indices]
+
+
+def draw_uniforms(generator: Randomness, batch: int, n: int, device: torch.device) -> Tensor:
+    """(batch, n) float64 uniforms in [0, 1): row r from ``generator[r]``, or all rows from one generator."""
+    if isinstance(generator, torch.Generator):
+        u = torch.rand(batch, n, generator=generator, dtype=torch.float64, device=generator.device)
+    else:
+        if len(generator) != batch:
+            raise ValueError(f"generator: expected one generator per row ({batch}), got {len(generator)}")
+        u = torch.stack([torch.rand(n, generator=g, dtype=torch.float64, device=g.device) for g in generator])
+    return u.to(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# generation loops
+
+
+def _check_sampling_args(model: LARPGenerator, class_ids: Tensor, cfg_scale: float) -> None:
+    if class_ids.ndim != 1 or class_ids.numel() == 0:
+        raise ValueError(f"class_ids: expected a non-empty 1-D tensor, got shape {tuple(class_ids.shape)}")
+    lo, hi = int(class_ids.min()), int(class_ids.max())
+    if lo < 0 or hi > model.null_class:
+        raise ValueError(f"class_ids: must be in [0, {model.null_class}] ({model.null_class} = null), "
+                         f"got range [{lo}, {hi}]")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale: must be >= 0, got {cfg_scale}")
+
+
+def _guided(model: LARPGenerator, class_ids: Tensor, cfg_scale: float) -> tuple[bool, Tensor]:
+    """Whether guidance runs, and the labels to feed: (b,), or (2b,) = [cond; null] under guidance."""
+    # at s = 1 the mix is exactly the conditional logits: skip the second half. (The official sampler guides
+    # only when s > 1, silently ignoring 0 <= s < 1; the protocols use s = 1.25 and 1.0, where both agree.)
+    guided = cfg_scale != 1.0
+    if not guided:
+        return False, class_ids
+    return True, torch.cat([class_ids, torch.full_like(class_ids, model.null_class)])
+
+
+def _mix(logits: Tensor, guided: bool, cfg_scale: float) -> Tensor:
+    if not guided:
+        return logits
+    cond, uncond = logits.chunk(2, dim=0)
+    return cfg_mix(cond, uncond, cfg_scale)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: LARPGenerator) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate(model: LARPGenerator, class_ids: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: Randomness,
+             cache_dtype: torch.dtype | None = None) -> Tensor:
+    """Sample (b, seq_len) int64 token ids for ``class_ids`` (b,) with a static KV cache.
+
+    ``generator``: one torch.Generator for the batch, or one per row (then row r depends only on its own
+    generator). ``cache_dtype``: dtype of the KV cache (default: the model's; pass the autocast dtype when
+    running under autocast). The cache is installed for this call and removed afterwards.
+    """
+    _check_sampling_args(model, class_ids, cfg_scale)
+    b, n = class_ids.shape[0], model.cfg.seq_len
+    u = draw_uniforms(generator, b, n, class_ids.device)
+    guided, labels = _guided(model, class_ids, cfg_scale)
+    out = torch.empty(b, n, dtype=torch.long, device=class_ids.device)
+    with _eval_mode(model):
+        model.setup_cache(labels.shape[0], dtype=cache_dtype)
+        try:
+            logits = model.prefill(labels)
+            for t in range(n):
+                tok = choose_tokens(_mix(logits, guided, cfg_scale), u[:, t], temperature=temperature,
+                                    top_k=top_k, top_p=top_p)
+                out[:, t] = tok
+                if t + 1 < n:
+                    logits = model.decode_step(torch.cat([tok, tok]) if guided else tok, t + 1)
+        finally:
+            model.remove_cache()
+    return out
+
+
+@torch.no_grad()
+def generate_reference(model: LARPGenerator, class_ids: Tensor, *, cfg_scale: float = 1.0,
+                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                       generator: Randomness) -> Tensor:
+    """The same sampler without a cache: every step re-runs the whole prefix (nanoGPT style).
+
+    Quadratically slower; kept as the reference the cached path must match and as the benchmark baseline.
+    """
+    _check_sampling_args(model, class_ids, cfg_scale)
+    b, n = class_ids.shape[0], model.cfg.seq_len
+    u = draw_uniforms(generator, b, n, class_ids.device)
+    guided, labels = _guided(model, class_ids, cfg_scale)
+    out = torch.empty(b, n, dtype=torch.long, device=class_ids.device)
+    with _eval_mode(model):
+        for t in range(n):
+            prefix = out[:, :t]
+            logits = model(labels, torch.cat([prefix, prefix]) if guided else prefix)[:, -1]
+            out[:, t] = choose_tokens(_mix(logits, guided, cfg_scale), u[:, t], temperature=temperature,
+                                      top_k=top_k, top_p=top_p)
+    return out
+
+
+@torch.no_grad()
+def sequence_nll(model: LARPGenerator, class_ids: Tensor, tokens: Tensor) -> Tensor:
+    """Per-sample mean next-token cross-entropy (nats) of ``tokens`` (b, seq_len): eval mode, no guidance.
+
+    This is the official ``NLL_sampled`` (teacher-forced CE of the model on its own samples, conditioned on
+    the true label). The official report averages per-batch means, which equals the mean of these per-sample
+    values when all batches are full.
+    """
+    with _eval_mode(model):
+        logits = model(class_ids, tokens[:, :-1])
+    ce = F.cross_entropy(rearrange(logits, "b n v -> b v n"), tokens.long(), reduction="none")
+    return ce.float().mean(-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# sharded sampling of videos
+
+
+class SampledTokens(NamedTuple):
+    tokens: Tensor  # (n, seq_len) int64, in the order of the pairs
+    nll: Tensor  # (n,) float32, per-sample NLL_sampled (nats per token)
+
+
+class SampledVideos(NamedTuple):
+    videos: np.ndarray  # (n, T, H, W, 3) uint8, in the order of the pairs
+    nll: np.ndarray  # (n,) float32, per-sample NLL_sampled
+
+
+def _check_pairs(pairs: Sequence[tuple[int, int]], num_classes: int) -> None:
+    if len(pairs) == 0:
+        raise ValueError("pairs: expected at least one (index, label) pair")
+    seen: set[int] = set()
+    for j, pair in enumerate(pairs):
+        if len(pair) != 2:
+            raise ValueError(f"pairs[{j}]: expected an (index, label) pair, got {pair!r}")
+        index, label = int(pair[0]), int(pair[1])
+        if index < 0:
+            raise ValueError(f"pairs[{j}]: sample index must be >= 0, got {index}")
+        if not 0 <= label < num_classes:
+            raise ValueError(f"pairs[{j}]: label must be in [0, {num_classes}), got {label}")
+        if index in seen:
+            raise ValueError(f"pairs[{j}]: sample index {index} appears twice (it would repeat one sample)")
+        seen.add(index)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _batches(pairs: Sequence[tuple[int, int]], batch_size: int) -> Iterator[Sequence[tuple[int, int]]]:
+    for start in range(0, len(pairs), batch_size):
+        yield pairs[start : start + batch_size]
+
+
+def iter_sample_batches(model: LARPGenerator, pairs: Sequence[tuple[int, int]], *, cfg_scale: float,
+                        temperature: float, top_k: int | None, top_p: float | None, seed: int,
+                        batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
+                        progress: bool = True) -> Iterator[tuple[Sequence[tuple[int, int]], SampledTokens]]:
+    """Yield (pairs of the batch, their tokens and NLL) batch by batch; sample i uses generator (seed, i).
+
+    ``dtype``: float32, or bfloat16/float16 to run the model under autocast (the KV cache then uses it too).
+    """
+    _check_pairs(pairs, model.cfg.num_classes)
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    bar = tqdm(total=len(pairs), desc="sampling", unit="sample", disable=not progress)
+    for chunk in _batches(pairs, batch_size):
+        labels = torch.tensor([int(lab) for _, lab in chunk], dtype=torch.long, device=device)
+        gens = sample_generators(seed, [i for i, _ in chunk])
+        with _autocast(device, dtype):
+            tokens = generate(model, labels, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
+                              top_p=top_p, generator=gens, cache_dtype=dtype)
+            nll = sequence_nll(model, labels, tokens)
+        bar.update(len(chunk))
+        yield chunk, SampledTokens(tokens, nll)
+    bar.close()
+
+
+def sample_tokens(model: LARPGenerator, pairs: Sequence[tuple[int, int]], *, cfg_scale: float,
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int,
+                  batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
+                  progress: bool = True) -> SampledTokens:
+    """All of :func:`iter_sample_batches` concatenated on the CPU, in the order of ``pairs``."""
+    parts = [s for _, s in iter_sample_batches(
+        model, pairs, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        batch_size=batch_size, device=device, dtype=dtype, progress=progress)]
+    return SampledTokens(torch.cat([p.tokens.cpu() for p in parts]), torch.cat([p.nll.cpu() for p in parts]))
+
+
+def to_uint8_video(video: Tensor) -> Tensor:
+    """Float (b, 3, t, h, w) in [0, 1] (clamped first) -> uint8 (b, t, h, w, 3), rounded to nearest.
+
+    (The official sample.py computes FVD on the float clips and truncates only in the saved mp4s;
+    rounding keeps uint8 within half a level of the float clip.)
+    """
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"decoded video: expected (b, 3, t, h, w), got {tuple(video.shape)}")
+    v = (video.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return rearrange(v, "b c t h w -> b t h w c")
+
+
+def sample_videos(generator_model: LARPGenerator, tokenizer_decode_fn: Callable[[Tensor], Tensor],
+                  pairs: Sequence[tuple[int, int]], *, cfg_scale: float, temperature: float = 1.0,
+                  top_k: int | None = None, top_p: float | None = None, seed: int, batch_size: int,
+                  device: torch.device | str, dtype: torch.dtype = torch.float32,
+                  progress: bool = True) -> SampledVideos:
+    """Class-conditional videos for (index, label) pairs: tokens -> ``tokenizer_decode_fn`` -> uint8.
+
+    ``tokenizer_decode_fn``: ids (b, seq_len) -> float video (b, 3, T, H, W) (clamped to [0, 1] here).
+    Returns uint8 videos (n, T, H, W, 3) and the per-sample NLL, both in the order of ``pairs``. Sample i
+    is the same whatever shard or batch it is drawn in (see the module docstring).
+    """
+    videos: list[np.ndarray] = []
+    nlls: list[np.ndarray] = []
+    for _, s in iter_sample_batches(generator_model, pairs, cfg_scale=cfg_scale, temperature=temperature,
+                                    top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size, device=device,
+                                    dtype=dtype, progress=progress):
+        with torch.no_grad():
+            video = tokenizer_decode_fn(s.tokens)
+        videos.append(to_uint8_video(video).cpu().numpy())
+        nlls.append(s.nll.cpu().numpy().astype(np.float32))
+    return SampledVideos(np.concatenate(videos), np.concatenate(nlls))

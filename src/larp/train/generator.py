@@ -1,0 +1,112 @@
+"""`larp train-ar`: the class-conditional AR generator's training task for the shared loop (LARP_SPEC.md 4.2).
+
+Sequence = [class embedding, z_0 .. z_1022] -> logits for z_0 .. z_1023 (cross-entropy, mean). AdamW (0.9, 0.95),
+weight decay on Linear weights only, cosine schedule with warm-up, bf16 autocast on GPU; class-label dropout
+(-> null class) and token dropout inside the model. Trains on the pre-tokenized clips of `larp tokenize`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from larp.config import Params
+from larp.files import atomic_write_json, sha256_file
+from larp.models.generator import LARPGenerator
+from larp.train.checkpoint import load_weights
+from larp.train.loop import Phase, StepContext, StepLoss, train
+from larp.visualize import grid_png, to_uint8
+
+METRICS = ("top1", "top5")
+
+
+class GeneratorTask:
+    metric_names = METRICS
+
+    def __init__(self, params: Params, decode=None) -> None:
+        self.p = params
+        self.model = LARPGenerator(params.generator)
+        self.modules: dict[str, nn.Module] = {"generator": self.model}
+        self.decode = decode  # ids -> video, for the periodic samples (None: tokens only)
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        t = self.p.train_ar
+        groups = self.model.optim_groups(t.weight_decay)
+        for g in groups:
+            g["lr"] = t.lr
+        fused = next(self.model.parameters()).is_cuda
+        return {"ar": torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, fused=fused)}
+
+    def phases(self, step: int) -> list[Phase]:
+        return [Phase("ar", self.loss)]
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepLoss:
+        labels, tokens = batch
+        logits = ctx.modules["generator"](labels, tokens[:, :-1])
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+        with torch.no_grad():
+            top5 = logits.topk(5, dim=-1).indices
+            top1 = (top5[..., 0] == tokens).float().mean()
+            top5 = (top5 == tokens[..., None]).any(-1).float().mean()
+        return StepLoss(loss, {"top1": top1, "top5": top5})
+
+    @torch.no_grad()
+    def sample(self, step: int, directory: Path) -> None:
+        """A few class-conditional samples (one per class, cfg 1.0 as the official training-time samples)."""
+        from larp.sample import sample_generators
+
+        n = min(8, self.p.generator.num_classes)
+        device = next(self.model.parameters()).device
+        classes = torch.arange(n, device=device)
+        ids = self.model.generate(classes, cfg_scale=1.0, generator=sample_generators(self.p.sample.seed, range(n)))
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(ids.cpu(), directory / f"tokens-{step:07d}.pt")
+        if self.decode is not None:
+            grid_png(to_uint8(self.decode(ids).clamp(0, 1)), directory / f"samples-{step:07d}.png")
+
+
+def run_key(params: Params, tokens_dir: Path) -> str:
+    relevant = {k: dataclasses.asdict(getattr(params, k)) for k in ("generator", "train_ar")}
+    blob = json.dumps(relevant, sort_keys=True) + sha256_file(Path(tokens_dir) / "clips.csv")
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, tokenizer_weights: Path | None = None,
+                    run_root: Path | None = None, device: str | None = None, progress: bool = True) -> Path:
+    """Train the AR generator on ``tokens_dir``; resumable; returns the run directory."""
+    from larp.tokenize import TokenDataset
+
+    tokens_dir, weights_out = Path(tokens_dir), Path(weights_out)
+    dataset = TokenDataset(tokens_dir)
+    if int(dataset.labels.max()) >= params.generator.num_classes:
+        raise ValueError(f"{tokens_dir}: labels up to {int(dataset.labels.max())} but generator.num_classes is "
+                         f"{params.generator.num_classes}")
+    if int(dataset.tokens.max()) >= params.generator.vocab_size:
+        raise ValueError(f"{tokens_dir}: token ids up to {int(dataset.tokens.max())} exceed generator.vocab_size "
+                         f"{params.generator.vocab_size}")
+    decode = None
+    if tokenizer_weights is not None:
+        from larp.train.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer_weights, params)
+
+        def decode(ids: torch.Tensor) -> torch.Tensor:
+            return tok.to(ids.device).decode(ids)
+
+    run_dir = Path(run_root or weights_out.parent / "runs") / f"ar-{run_key(params, tokens_dir)}"
+    train(lambda dev: GeneratorTask(params, decode), dataset, params.train_ar, run_dir, weights_out,
+          device=device, progress=progress)
+    atomic_write_json(run_dir / "done.json", {"weights": str(weights_out), "sha256": sha256_file(weights_out)})
+    return run_dir
+
+
+def load_generator(weights: Path, params: Params, device: str | torch.device = "cpu") -> LARPGenerator:
+    model = LARPGenerator(params.generator)
+    load_weights(Path(weights), model, "generator")
+    return model.to(device).eval()

@@ -1,0 +1,160 @@
+"""The SLURM profile: `snakemake --profile slurm` finds slurm/config.yaml from the repo root and plans every
+job with the resources of its stage in params.yaml (GPU stages ask for GPUs). Dry runs: no cluster needed."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from larp.config import ResourcesParams, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "slurm" / "config.yaml"
+WORKFLOW_FILES = ("Snakefile", "workflow", "params.yaml", "slurm", "src")
+STAGES = set(ResourcesParams.__dataclass_fields__)  # rules named like a stage take that stage's resources
+SLURM_DEFAULT_MIN_JOB_AGE = 300  # seconds; squeue polling needs MinJobAge >= 3 x the first poll delay
+
+
+@dataclass
+class PlannedJob:
+    """One job of a Snakemake dry run, as printed by `snakemake -n`."""
+
+    rule: str
+    local: bool
+    wildcards: dict[str, str] = field(default_factory=dict)
+    output: list[str] = field(default_factory=list)
+    resources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gpus(self) -> int:
+        return int(self.resources.get("gpu", 0))
+
+
+_JOB_HEADER = re.compile(r"^(local)?(?:rule|checkpoint) (\S+):$")
+_JOB_FIELD = re.compile(r"^    (\w+): (.*)$")
+
+
+def parse_dry_run(text: str) -> list[PlannedJob]:
+    """The jobs of a `snakemake -n` printout (rule, local or not, wildcards, outputs, resources)."""
+    jobs: list[PlannedJob] = []
+    current: PlannedJob | None = None
+    for line in text.splitlines():
+        if m := _JOB_HEADER.match(line):
+            current = PlannedJob(rule=m[2], local=bool(m[1]))
+            jobs.append(current)
+        elif current is not None and (m := _JOB_FIELD.match(line)):
+            key, value = m[1], m[2]
+            items = [v.strip() for v in value.split(", ")]
+            if key == "output":
+                current.output = items
+            elif key in ("resources", "wildcards"):
+                setattr(current, key, dict(v.split("=", 1) for v in items if "=" in v))
+        elif not line.startswith("    "):
+            current = None
+    return jobs
+
+
+def copy_workflow(dst: Path) -> Path:
+    """The files `snakemake` needs, copied to ``dst`` (a repo root without data, results or state)."""
+    for name in WORKFLOW_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst / name)
+    return dst
+
+
+def snakemake_env() -> dict[str, str]:
+    """The environment for `snakemake`: this interpreter's bin first, so rules (and SLURM jobs) find `larp`."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def snakemake(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=repo, env=snakemake_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def plan(repo: Path, *args: str) -> list[PlannedJob]:
+    """Dry run with the SLURM profile, found by name from the repo root (as a user types it)."""
+    r = snakemake(repo, "--profile", "slurm", "--dry-run", "--forceall", *args)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Using profile slurm" in r.stdout + r.stderr
+    jobs = parse_dry_run(r.stdout)
+    assert jobs, r.stdout[-3000:]
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return copy_workflow(tmp_path_factory.mktemp("profile") / "repo")
+
+
+def test_profile_is_the_slurm_executor_without_sacct():
+    cfg = yaml.safe_load(PROFILE.read_text())
+    assert cfg["executor"] == "slurm"
+    # sacct needs slurmdbd; without it the plugin's default (sacct) waits forever
+    assert cfg["slurm-status-command"] == "squeue"
+    first_poll = cfg.get("slurm-init-seconds-before-status-checks", 40)
+    assert 1 <= first_poll and 3 * first_poll <= SLURM_DEFAULT_MIN_JOB_AGE, first_poll
+    assert int(cfg.get("retries", cfg.get("restart-times", 0))) >= 1  # failed/timed-out jobs are resubmitted
+    for key in ("runtime", "mem_mb"):
+        assert key in cfg["default-resources"], key  # jobs without own resources still get limits
+
+
+@pytest.mark.parametrize("dataset", ["embedded", "ucf101"])
+def test_dry_run_gives_each_stage_its_resources(repo, dataset):
+    jobs = plan(repo, "--config", f"dataset={dataset}")  # the default target: the dataset's whole pipeline
+    res = load_params(repo / "params.yaml", dataset=dataset).resources
+    remote = [j for j in jobs if not j.local and j.output]  # `all` has no output: Snakemake runs it locally
+    assert remote, "no job would be submitted to SLURM"
+    for job in remote:
+        assert job.rule in STAGES, f"rule {job.rule} has no resources in params.yaml (resources.<stage>)"
+        assert job.wildcards.get("dataset") == dataset, job
+        stage = getattr(res, job.rule)
+        got = (job.gpus, int(job.resources["mem_mb"]), int(job.resources["runtime"]))
+        assert got == (stage.gpus, stage.mem_mb, stage.runtime), f"{job.rule}: gpu, mem_mb, runtime"
+    # generic over the GPU stages that exist: each one that is planned asks SLURM for its GPUs
+    gpu_stages = {name for name in STAGES if getattr(res, name).gpus > 0}
+    for job in remote:
+        assert (job.gpus > 0) == (job.rule in gpu_stages), job
+
+
+def test_fvd_target_plans_on_slurm(repo):
+    """The README's command: `snakemake --profile slurm results/fvd_ucf101.json`."""
+    r = snakemake(repo, "--profile", "slurm", "--dry-run", "results/fvd_ucf101.json")
+    if "MissingRuleException" in r.stdout + r.stderr:
+        pytest.skip("no rule produces results/fvd_ucf101.json yet")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rules = {j.rule for j in parse_dry_run(r.stdout)}
+    assert {"download", "extract", "fvd"} <= rules, rules
+
+
+def test_parse_dry_run():
+    text = """Building DAG of jobs...
+rule train_ar:
+    input: data/tokens/embedded
+    output: checkpoints/ar_embedded.safetensors, logs/x.json
+    wildcards: dataset=embedded
+    resources: tmpdir=/tmp, disk_mb=<TBD>, mem_mb=2000, mem=2 GB, runtime=30, gpu=1
+Shell command: larp train-ar
+
+localrule all:
+    input: results/fvd_embedded.json
+    jobid: 0
+"""
+    jobs = parse_dry_run(text)
+    assert [(j.rule, j.local, j.gpus) for j in jobs] == [("train_ar", False, 1), ("all", True, 0)]
+    assert jobs[0].output == ["checkpoints/ar_embedded.safetensors", "logs/x.json"]
+    assert jobs[0].resources["mem"] == "2 GB" and jobs[0].wildcards == {"dataset": "embedded"}

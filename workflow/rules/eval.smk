@@ -1,0 +1,62 @@
+rule sample:
+    input:
+        "data/frames/{dataset}",
+        "checkpoints/{dataset}/tokenizer.safetensors",
+        "checkpoints/{dataset}/ar.safetensors",
+        "src/larp/sample.py",
+        "src/larp/evaluate.py",
+    output:
+        directory("data/samples/{dataset}/shard-{shard}"),
+    params:
+        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "generator", "sample", "fvd"),
+    threads: stage_threads("sample")
+    resources:
+        **stage_resources("sample"),
+    log:
+        "logs/sample/{dataset}-{shard}.log",
+    shell:
+        "larp sample --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
+        " --tokenizer checkpoints/{wildcards.dataset}/tokenizer.safetensors"
+        " --ar checkpoints/{wildcards.dataset}/ar.safetensors --shard {wildcards.shard}"
+        " --out data/samples/{wildcards.dataset}/shard-{wildcards.shard} 2> {log}"
+
+
+rule fvd:
+    input:
+        "data/frames/{dataset}",
+        sample_shards,
+        "src/larp/eval",
+        "src/larp/evaluate.py",
+    output:
+        "results/fvd_{dataset}.json",
+    params:
+        tracked=tracked("presets.{dataset}", "data", "sample", "fvd"),
+    threads: stage_threads("fvd")
+    resources:
+        **stage_resources("fvd"),
+    log:
+        "logs/fvd/{dataset}.log",
+    shell:
+        "larp fvd --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
+        " --samples data/samples/{wildcards.dataset} --out results/fvd_{wildcards.dataset}.json 2> {log}"
+
+
+rule rfvd:
+    input:
+        "data/frames/{dataset}",
+        "checkpoints/{dataset}/tokenizer.safetensors",
+        "src/larp/eval",
+        "src/larp/evaluate.py",
+    output:
+        "results/rfvd_{dataset}.json",
+    params:
+        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "fvd"),
+    threads: stage_threads("fvd")
+    resources:
+        **stage_resources("fvd"),
+    log:
+        "logs/rfvd/{dataset}.log",
+    shell:
+        "larp rfvd --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
+        " --tokenizer checkpoints/{wildcards.dataset}/tokenizer.safetensors"
+        " --out results/rfvd_{wildcards.dataset}.json 2> {log}"

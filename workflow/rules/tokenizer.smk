@@ -1,0 +1,43 @@
+rule train_tokenizer:
+    input:
+        "data/frames/{dataset}",
+        "src/larp/models",
+        "src/larp/train",
+        "src/larp/losses.py",
+    output:
+        # only the weights: Snakemake deletes a failed job's outputs, and the resume checkpoints
+        # (checkpoints/<ds>/runs/) must survive a preemption so that the retried job continues
+        "checkpoints/{dataset}/tokenizer.safetensors",
+        "results/{dataset}/tokenizer_metrics.csv",
+    params:
+        tracked=tracked("presets.{dataset}", "data", "tokenizer", "discriminator", "prior", "loss",
+                        "train_tokenizer"),
+    threads: stage_threads("train_tokenizer")
+    resources:
+        **stage_resources("train_tokenizer"),
+    log:
+        "logs/train_tokenizer/{dataset}.log",
+    shell:
+        "larp train-tokenizer --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
+        " --out checkpoints/{wildcards.dataset}/tokenizer.safetensors"
+        " --metrics results/{wildcards.dataset}/tokenizer_metrics.csv 2> {log}"
+
+
+rule tokenize:
+    input:
+        "data/frames/{dataset}",
+        "checkpoints/{dataset}/tokenizer.safetensors",
+        "src/larp/tokenize.py",
+    output:
+        directory("data/tokens/{dataset}"),
+    params:
+        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "tokenize"),
+    threads: stage_threads("tokenize")
+    resources:
+        **stage_resources("tokenize"),
+    log:
+        "logs/tokenize/{dataset}.log",
+    shell:
+        "larp tokenize --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
+        " --tokenizer checkpoints/{wildcards.dataset}/tokenizer.safetensors"
+        " --out data/tokens/{wildcards.dataset} 2> {log}"
