@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="larp", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    sub.add_parser("report", add_help=False, help="ablation table + plot over DVC experiments or result files "
+                   "(larp report ablation --help)")
+
     p = sub.add_parser("params", help="print the resolved, validated parameters of a dataset")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--dataset", choices=DATASETS, default=None)
@@ -105,6 +108,11 @@ def _limit_threads(command: str, params) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:  # reads finished results; no parameters to validate
+        from larp.report import main_report
+
+        return main_report(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         pf = read_params_file(args.params)
