@@ -8,6 +8,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+
+import torch
+
+# The tests run small models on CPU: a second intra-op thread gains little there, and on a shared 2-core
+# machine spinning OpenMP threads made them up to 30x slower. Subprocesses set their own.
+torch.set_num_threads(1)
+
 import pytest
 
 

@@ -174,6 +174,8 @@ class GeneratorConfig:
     init_std: float = 0.02
 
     def validate(self) -> None:
+        for key, low in (("depth", 1), ("heads", 1), ("width", 1), ("vocab_size", 2), ("seq_len", 2)):
+            _check(getattr(self, key) >= low, f"generator.{key}", f"must be >= {low}, got {getattr(self, key)}")
         _check(self.width % self.heads == 0, "generator.width", "must be divisible by generator.heads")
         for k in ("token_dropout", "class_dropout", "resid_dropout", "ffn_dropout"):
             v = getattr(self, k)
@@ -406,6 +408,9 @@ class Params:
         _check(self.generator.vocab_size == t.codebook_size, "generator.vocab_size",
                f"must equal tokenizer.codebook_size ({t.codebook_size})")
         _check(self.fvd.frames == self.data.frames, "fvd.frames", f"must equal data.frames ({self.data.frames})")
+        _check(self.fvd.num_clips >= len(self.sample.shards), "sample.shards",
+               f"{len(self.sample.shards)} sampling shards for fvd.num_clips={self.fvd.num_clips} clips: "
+               "some shards would be empty")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -70,6 +70,9 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
     out_dir = Path(out_dir)
     clips = gfvd_clips(frames_dir, params)
     idx = shard_range(len(clips), shard, len(params.sample.shards))
+    if not len(idx):
+        raise ValueError(f"sample shard {shard} would hold no samples: fvd.num_clips ({len(clips)}) is smaller "
+                         f"than the number of sample.shards ({len(params.sample.shards)})")
     pairs = [(i, int(clips["label"].iloc[i])) for i in idx]
     device = _device()
     gen = load_generator(ar_weights, params, device)
@@ -159,9 +162,21 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
     if sorted(got.tolist()) != list(range(len(refs))):
         raise ValueError(f"{samples_dir}: the shards hold {len(got)} samples, not exactly indices 0..{len(refs) - 1}")
     metas = [json.loads((s / "sample.json").read_text()) for s in shards]
-    for m in metas:
+    # the result reports one pair of checkpoints and the current sampling settings: every shard must match them
+    # (batch_size aside: each sample has its own seeded stream)
+    want = {k: v for k, v in dataclasses.asdict(params.sample).items() if k != "batch_size"}
+    want = json.loads(json.dumps(want))
+    for s, m in zip(shards, metas):
         if m["clips_hash"] != clips_hash(refs):
             raise ValueError(f"{samples_dir}: a shard was generated for another protocol (clips hash differs)")
+        if m["inputs"] != metas[0]["inputs"]:
+            raise ValueError(f"{s}: sampled from other checkpoints ({m['inputs']}) than {shards[0].name} "
+                             f"({metas[0]['inputs']}); re-run `larp sample` for every shard")
+        used = {k: v for k, v in m["params"]["sample"].items() if k != "batch_size"}
+        if used != want:
+            diff = sorted(k for k in want if used.get(k) != want[k])
+            then, now = ({k: d.get(k) for k in diff} for d in (used, want))
+            raise ValueError(f"{s}: sampled with other sample params {diff} ({then}) than the current ones ({now})")
     detector = load_detector(params.fvd.detector, device=_device())
     real, real_cache = _real_features(frames_dir, refs, detector, params,
                                       cache_dir or frames_dir.parent.parent / "fvd_cache", progress)

@@ -15,6 +15,8 @@ around but a file that must not be trusted.
 
 from __future__ import annotations
 
+import json
+
 import pickle
 import random
 import re
@@ -176,8 +178,11 @@ def save_weights(
         for name, module in modules.items()
         for key, value in module.state_dict().items()
     }
+    # one metadata entry with sorted keys: safetensors writes a metadata map in arbitrary order, which made
+    # identical runs produce different bytes (and DVC rerun everything downstream)
+    meta = {"larp": json.dumps(metadata, sort_keys=True)} if metadata else None
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_weights(path: Path, module: torch.nn.Module, name: str, strict: bool = True) -> None:

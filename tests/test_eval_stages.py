@@ -1,0 +1,273 @@
+"""`larp sample` / `larp fvd` / `larp rfvd` (larp.evaluate) end to end on a tiny synthetic pipeline.
+
+Once per module: synthetic frames (3 classes x (3 train + 1 test) videos, 16-20 frames, 32x32), a tiny
+tokenizer (3 steps), its tokens, and a tiny AR generator (4 steps). The FVD detector is ``i3d-random``
+(offline, seeded; its numbers are not comparable to papers). I3D on CPU costs ~2 s per clip, so the FVD
+sets are 3 clips and the rFVD 2 videos.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from larp import evaluate
+from larp.config import EmbeddedParams, Params, apply_overrides, preset
+from larp.data.clips import ClipDataset
+from larp.data.embedded import generate_embedded
+from larp.data.extract import extract_dataset
+from larp.data.frames import FrameStore
+from larp.data.index import build_index, write_index
+from larp.eval.metrics import psnr_per_video
+from larp.eval.protocols import clips_hash, rfvd_clips
+from larp.evaluate import gfvd, gfvd_clips, rfvd, sample_shard
+from larp.files import sha256_file
+from larp.tokenize import tokenize_dataset
+from larp.train.generator import train_generator
+from larp.train.tokenizer import load_tokenizer, train_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**overrides: dict) -> Params:
+    base = {
+        "tokenizer": {"width": 32, "depth": 1, "heads": 4, "num_tokens": 16, "code_dim": 8,
+                      "codebook_size": 64, "prior_depth": 1, "prior_width": 32, "prior_heads": 4},
+        "discriminator": {"width": 32, "depth": 1, "heads": 4},
+        "train_tokenizer": {"max_steps": 3, "global_batch": 4, "micro_batch": 4, "checkpoint_every": 100,
+                            "log_every": 1, "sample_every": None},
+        "tokenize": {"clip_stride": 4, "batch_size": 8, "shard_clips": 64},
+        "generator": {"depth": 1, "width": 32, "heads": 4, "ffn_multiple_of": 16, "vocab_size": 64,
+                      "seq_len": 16, "num_classes": 3},
+        "train_ar": {"max_steps": 4, "global_batch": 8, "micro_batch": 8, "checkpoint_every": 100,
+                     "log_every": 1, "sample_every": None},
+        "sample": {"batch_size": 2, "shards": [0, 1]},
+        "fvd": {"detector": "i3d-random", "num_clips": 3, "bootstrap": 5, "batch_size": 4,
+                "rfvd_max_videos": 2, "lpips": False},
+    }
+    for group, values in overrides.items():
+        base[group] = {**base.get(group, {}), **values}
+    return apply_overrides(preset("tiny"), base)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("eval")
+    raw, frames = root / "raw", root / "frames"
+    generate_embedded(raw, EmbeddedParams(num_classes=3, train_per_class=3, test_per_class=1, min_frames=16,
+                                          max_frames=20, height=32, width=40))
+    write_index(build_index(raw, workers=1, progress=False), raw / "index.csv")
+    extract_dataset(raw, frames, size=32, shard_videos=4, workers=1)
+    params = tiny()
+    torch.set_num_threads(1)
+    tok, ar = root / "tok.safetensors", root / "ar.safetensors"
+    train_tokenizer(frames, tok, params, progress=False)
+    tokenize_dataset(frames, tok, root / "tokens", params, device="cpu", progress=False)
+    train_generator(root / "tokens", ar, params, progress=False)
+    samples = root / "samples"
+    for k in (0, 1):
+        sample_shard(frames, tok, ar, k, samples / f"shard-{k:03d}", params, progress=False)
+    return {"root": root, "frames": frames, "tok": tok, "ar": ar, "params": params, "samples": samples}
+
+
+def merged(samples: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """All shards' videos in sample-index order, and the merged samples table."""
+    dirs = sorted(samples.glob("shard-*"))
+    tables = [pd.read_csv(d / "samples.csv") for d in dirs]
+    videos = np.concatenate([np.load(d / "videos.npy") for d in dirs])
+    table = pd.concat(tables, ignore_index=True)
+    order = np.argsort(table["index"].to_numpy())
+    return videos[order], table.iloc[order].reset_index(drop=True)
+
+
+# ---- sampling ----
+
+
+def test_sample_shards_cover_the_protocol(setup: dict) -> None:
+    params, samples = setup["params"], setup["samples"]
+    refs = gfvd_clips(setup["frames"], params)
+    videos, table = merged(samples)
+    assert videos.dtype == np.uint8 and videos.shape == (3, 16, 32, 32, 3)
+    assert table["index"].tolist() == [0, 1, 2]
+    assert table["label"].tolist() == refs["label"].tolist()  # sample i is conditioned on real clip i's label
+    assert np.isfinite(table["nll"]).all() and (table["nll"] > 0).all()
+    meta = [json.loads((samples / f"shard-{k:03d}" / "sample.json").read_text()) for k in (0, 1)]
+    assert [m["indices"] for m in meta] == [[0, 1], [1, 3]]
+    for m in meta:
+        assert m["clips_hash"] == clips_hash(refs) and m["num_shards"] == 2
+        assert m["inputs"] == {"tokenizer": sha256_file(setup["tok"]), "ar": sha256_file(setup["ar"])}
+
+
+def test_shard_count_does_not_change_the_samples(setup: dict, tmp_path: Path) -> None:
+    """Each sample has its own seeded stream: 2 shards and 3 shards give the same videos per index."""
+    params = tiny(fvd={"num_clips": 5}, sample={"batch_size": 2})
+    runs = {}
+    for n in (2, 3):
+        p = apply_overrides(params, {"sample": {"shards": list(range(n))}})
+        for k in range(n):
+            sample_shard(setup["frames"], setup["tok"], setup["ar"], k, tmp_path / f"s{n}" / f"shard-{k:03d}",
+                         p, progress=False)
+        runs[n] = merged(tmp_path / f"s{n}")
+    (v2, t2), (v3, t3) = runs[2], runs[3]
+    assert t2["index"].tolist() == t3["index"].tolist() == list(range(5))
+    assert t2["label"].tolist() == t3["label"].tolist()
+    np.testing.assert_array_equal(v2, v3)
+    np.testing.assert_allclose(t2["nll"], t3["nll"], rtol=1e-5)
+    assert len(np.unique(v2.reshape(5, -1), axis=0)) > 1  # not one video repeated
+
+
+def test_more_shards_than_samples_is_a_clear_error(setup: dict, tmp_path: Path) -> None:
+    params = tiny(fvd={"num_clips": 2}, sample={"shards": [0, 1, 2]})  # shard 0 of 3 would be empty
+    expected = r"shard 0 would hold no samples: fvd\.num_clips \(2\).*sample\.shards \(3\)"
+    with pytest.raises(ValueError, match=expected):
+        sample_shard(setup["frames"], setup["tok"], setup["ar"], 0, tmp_path / "shard-000", params,
+                     progress=False)
+    assert not (tmp_path / "shard-000").exists()
+
+
+# ---- gFVD ----
+
+
+def test_gfvd_result_provenance_report_and_feature_cache(setup: dict, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    params = setup["params"]
+    calls: list[str] = []
+    compute = evaluate.compute_features
+
+    def counting(detector, videos, **kw):
+        calls.append(detector.name)
+        return compute(detector, videos, **kw)
+
+    monkeypatch.setattr(evaluate, "compute_features", counting)
+    out, cache = tmp_path / "results" / "fvd.json", tmp_path / "cache"
+    r = gfvd("embedded", setup["frames"], setup["samples"], out, params, cache_dir=cache, progress=False)
+    assert len(calls) == 3  # the real clips once, each of the 2 shards once
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+
+    refs = gfvd_clips(setup["frames"], params)
+    assert r["metric"] == "gFVD" and r["dataset"] == "embedded"
+    assert np.isfinite(r["value"]) and r["value"] >= 0 and r["value"] == r["fvd"]["fvd"]
+    assert len(r["ci95"]) == 2 and r["ci95"][0] <= r["ci95"][1]
+    assert r["fvd"]["bootstrap"]["B"] == 5
+    assert r["n_generated"] == r["n_real"] == 3
+    assert r["protocol"]["num_clips"] == 3 and r["protocol"]["seed"] == params.fvd.clip_seed
+    assert r["protocol_params"] == {"frames": 16, "resolution": 32, "split": 1,
+                                    "clips_hash": clips_hash(refs)}
+    det = evaluate.load_detector("i3d-random")
+    assert r["detector"] == {"detector": "i3d-random", "detector_sha256": det.sha256,
+                             "comparable_to_papers": False}
+    assert r["comparable_to_papers"] is False
+    assert r["checkpoints"] == {"tokenizer": sha256_file(setup["tok"]), "ar": sha256_file(setup["ar"])}
+    prov = json.loads(out.read_text())["provenance"]
+    assert prov["params"] == json.loads(json.dumps(params.to_dict()))
+    assert "commit" in prov["git"] and "dirty" in prov["git"] and prov["created"]
+    assert prov["versions"]["torch"] and prov["versions"]["numpy"] == np.__version__
+    assert r["wall_time_s"] > 0 and np.isfinite(r["nll_sampled"])
+
+    with open(out.parent / "fvd_report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    assert rows[0]["fvd"] == f"{r['value']:.4f}" and rows[0]["detector"] == "i3d-random"
+    assert rows[0]["num_samples"] == "3" and rows[0]["comparable_to_papers"] == "False"
+    assert rows[0]["tokenizer"] == sha256_file(setup["tok"])[:12]
+
+    # a second evaluation reuses the cached real features: only the 2 generated shards are computed
+    cached = Path(r["real_features_cache"])
+    assert cached.parent == cache and cached.is_file()
+    mtime = cached.stat().st_mtime_ns
+    calls.clear()
+    r2 = gfvd("embedded", setup["frames"], setup["samples"], out, params, cache_dir=cache, progress=False)
+    assert len(calls) == 2 and cached.stat().st_mtime_ns == mtime
+    assert r2["value"] == pytest.approx(r["value"], rel=1e-9)
+    with open(out.parent / "fvd_report.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2  # one row per evaluation, header once
+
+
+def test_gfvd_refuses_a_missing_shard(setup: dict, tmp_path: Path) -> None:
+    samples = tmp_path / "samples"
+    shutil.copytree(setup["samples"], samples)
+    shutil.rmtree(samples / "shard-001")
+    with pytest.raises(ValueError, match=r"found 1 shard directories, sample\.shards expects 2"):
+        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", setup["params"], cache_dir=tmp_path,
+             progress=False)
+    assert not (tmp_path / "fvd.json").exists()
+
+
+def test_gfvd_refuses_shards_of_another_protocol(setup: dict, tmp_path: Path) -> None:
+    samples = tmp_path / "samples"
+    shutil.copytree(setup["samples"], samples)
+    other = tiny(fvd={"clip_seed": 7})  # same number of clips, a different real set
+    assert clips_hash(gfvd_clips(setup["frames"], other)) != clips_hash(
+        gfvd_clips(setup["frames"], setup["params"]))
+    shutil.rmtree(samples / "shard-001")
+    sample_shard(setup["frames"], setup["tok"], setup["ar"], 1, samples / "shard-001", other, progress=False)
+    with pytest.raises(ValueError, match="another protocol"):
+        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", setup["params"], cache_dir=tmp_path,
+             progress=False)
+    # and shards whose indices do not tile 0..n-1 (e.g. sampled with another num_clips)
+    more = tiny(fvd={"num_clips": 5})
+    sample_shard(setup["frames"], setup["tok"], setup["ar"], 1, samples / "shard-001", more, progress=False)
+    with pytest.raises(ValueError, match=r"not exactly indices 0\.\.2"):
+        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", setup["params"], cache_dir=tmp_path,
+             progress=False)
+
+
+def test_gfvd_refuses_shards_of_other_checkpoints_or_sampling_settings(setup: dict, tmp_path: Path) -> None:
+    samples = tmp_path / "samples"
+    shutil.copytree(setup["samples"], samples)
+    params = setup["params"]
+    hotter = tiny(sample={"cfg_scale": 2.0})
+    sample_shard(setup["frames"], setup["tok"], setup["ar"], 1, samples / "shard-001", hotter, progress=False)
+    with pytest.raises(ValueError, match=r"shard-001: sampled with other sample params \['cfg_scale'\]"):
+        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", params, cache_dir=tmp_path,
+             progress=False)
+    # the sample batch size does not change the samples, so it is no reason to refuse
+    bigger = tiny(sample={"batch_size": 7})
+    sample_shard(setup["frames"], setup["tok"], setup["ar"], 1, samples / "shard-001", bigger, progress=False)
+    np.testing.assert_array_equal(np.load(samples / "shard-001" / "videos.npy"),
+                                  np.load(setup["samples"] / "shard-001" / "videos.npy"))
+    # another AR checkpoint for shard 1 (trained 1 step more)
+    other_ar = tmp_path / "ar2.safetensors"
+    train_generator(setup["root"] / "tokens", other_ar, tiny(train_ar={"max_steps": 5}),
+                    run_root=tmp_path / "runs", progress=False)
+    sample_shard(setup["frames"], setup["tok"], other_ar, 1, samples / "shard-001", params, progress=False)
+    with pytest.raises(ValueError, match="shard-001: sampled from other checkpoints"):
+        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", params, cache_dir=tmp_path,
+             progress=False)
+    assert not (tmp_path / "fvd.json").exists()
+
+
+# ---- rFVD ----
+
+
+def test_rfvd_reports_psnr_ssim_and_no_lpips_when_off(setup: dict, tmp_path: Path) -> None:
+    params = setup["params"]
+    out = tmp_path / "rfvd.json"
+    r = rfvd("embedded", setup["frames"], setup["tok"], out, params, progress=False)
+    assert json.loads(out.read_text())["value"] == r["value"]
+    assert r["metric"] == "rFVD" and r["n_real"] == r["n_generated"] == 2 and np.isfinite(r["value"])
+    assert r["lpips"] is None and "fvd.lpips" in r["lpips_note"]
+    assert 0 < r["ssim"] <= 1 and r["comparable_to_papers"] is False
+    assert r["checkpoints"] == {"tokenizer": sha256_file(setup["tok"])}
+    # PSNR: mean over the protocol's clips of the argmax-SVQ reconstruction's per-video PSNR
+    refs = rfvd_clips(FrameStore(setup["frames"]).table, frames=16, seed=params.fvd.rfvd_seed, split=1,
+                      max_videos=2)
+    assert r["protocol_params"]["clips_hash"] == clips_hash(refs)
+    reader = ClipDataset(setup["frames"], split="all", mode="eval", frames=16)
+    video = torch.stack([reader.read_clip(int(c.row), int(c.start)) for c in refs.itertuples()])
+    tok = load_tokenizer(setup["tok"], params)
+    recon = tok.decode(tok.encode(video)).clamp(0, 1)
+    assert r["psnr"] == pytest.approx(float(psnr_per_video(recon, video).mean()), rel=1e-5)
