@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from larp.config import ParamsError
 import torch
 
 from larp import evaluate
@@ -130,12 +132,14 @@ def test_shard_count_does_not_change_the_samples(setup: dict, tmp_path: Path) ->
 
 
 def test_more_shards_than_samples_is_a_clear_error(setup: dict, tmp_path: Path) -> None:
-    params = tiny(fvd={"num_clips": 2}, sample={"shards": [0, 1, 2]})  # shard 0 of 3 would be empty
-    expected = r"shard 0 would hold no samples: fvd\.num_clips \(2\).*sample\.shards \(3\)"
-    with pytest.raises(ValueError, match=expected):
-        sample_shard(setup["frames"], setup["tok"], setup["ar"], 0, tmp_path / "shard-000", params,
+    # caught when the parameters are loaded, before any sampling work
+    with pytest.raises(ParamsError, match=r"sample\.shards: 3 sampling shards for fvd\.num_clips=2"):
+        tiny(fvd={"num_clips": 2}, sample={"shards": [0, 1, 2]})
+    # and by the stage itself for a shard index outside sample.shards
+    with pytest.raises(ValueError, match=r"shard 5 outside \[0, 2\)"):
+        sample_shard(setup["frames"], setup["tok"], setup["ar"], 5, tmp_path / "shard-005", setup["params"],
                      progress=False)
-    assert not (tmp_path / "shard-000").exists()
+    assert not (tmp_path / "shard-005").exists()
 
 
 # ---- gFVD ----
