@@ -1,7 +1,8 @@
 """The embedded pipeline on a real SLURM cluster: `snakemake --profile slurm` against a single-node cluster
 (Debian's slurm-wlm, fake GPUs) started by scripts/slurm/start_cluster.sh and stopped again at the end.
 
-Needs root (it installs packages with apt when missing and starts system daemons); CI runs as root.
+Needs root (it installs packages with apt when missing and starts system daemons); CI runs as root:
+`python -m pytest -m slurm -s` (-s shows the timings).
 LARP_SLURM_TARGETS="a b" runs other targets than the default (the embedded pipeline).
 """
 
@@ -19,19 +20,23 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_profile import ROOT, copy_workflow, plan, snakemake_env
-
-pytestmark = pytest.mark.slurm
 
 START = ROOT / "scripts" / "slurm" / "start_cluster.sh"
 STOP = ROOT / "scripts" / "slurm" / "stop_cluster.sh"
 FAKE_GPUS = 2  # two GPU jobs (sample shards) can run side by side on the 2 CPUs
-FIRST_POLL = 2  # s, the plugin's first status check after a submission (the profile's is for real clusters)
-MIN_JOB_AGE = 3600  # s, finished jobs stay visible to scontrol for the checks; squeue polling needs >= 3 x FIRST_POLL
-TIMEOUT = float(os.environ.get("LARP_SLURM_TIMEOUT", 900))
-# Orchestration is under test here, not learning: fewer optimiser steps keep the run short.
-FAST_PARAMS = {"train_tokenizer": {"max_steps": 4}, "train_ar": {"max_steps": 4}}
+# s, the plugin's first status check after a submission, then +10 s per check: jobs here take 8-20 s, so
+# 5 sees most of them at the 2nd check (20 s); 2 would see them at 14 s or 36 s
+FIRST_POLL = 5
+MIN_JOB_AGE = 3600  # s, finished jobs stay visible to scontrol for the checks (>= 3 x FIRST_POLL for squeue)
+TIMEOUT = float(os.environ.get("LARP_SLURM_TIMEOUT", "900"))
+# Orchestration is under test here, not learning or metrics: fewer optimiser steps and FVD clips (the I3D
+# takes ~3 s per clip on a CPU) keep the run short.
+FAST_PARAMS = {
+    "train_tokenizer": {"max_steps": 4},
+    "train_ar": {"max_steps": 4},
+    "fvd": {"num_clips": 8, "rfvd_max_videos": 8, "bootstrap": 0},
+}
 
 
 def _controller_running() -> bool:
@@ -54,19 +59,20 @@ def cluster():
     env = dict(os.environ, FAKE_GPUS=str(FAKE_GPUS), MIN_JOB_AGE=str(MIN_JOB_AGE))
     t0 = time.monotonic()
     try:
-        r = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(["bash", str(START)], check=False, env=env, capture_output=True, text=True,
+                           timeout=600)
         assert r.returncode == 0, f"start_cluster.sh failed:\n{r.stdout}\n{r.stderr}"
         print(f"\ncluster started in {time.monotonic() - t0:.1f} s:\n{r.stdout}")
         yield
     finally:
         if not was_running:
-            subprocess.run(["bash", str(STOP)], capture_output=True, text=True, timeout=120)
+            subprocess.run(["bash", str(STOP)], check=False, capture_output=True, text=True, timeout=120)
 
 
 def slurm_jobs(workdir: Path) -> list[dict[str, str]]:
     """SLURM's records (`scontrol show job`) of the jobs submitted from ``workdir``."""
-    r = subprocess.run(["scontrol", "--details", "--oneliner", "show", "job"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(["scontrol", "--details", "--oneliner", "show", "job"], check=False,
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 or "No jobs in the system" in r.stderr + r.stdout, r.stderr
     jobs = []
     for line in r.stdout.splitlines():
@@ -77,7 +83,7 @@ def slurm_jobs(workdir: Path) -> list[dict[str, str]]:
 
 
 def gpu_count(value: str | None) -> int:
-    """GPUs in a SLURM TRES/GRES string: 'gres:gpu:2', 'gres/gpu:2', 'gpu:tesla:2' -> 2; None/'(null)' -> 0."""
+    """GPUs in a SLURM TRES/GRES string: 'gres:gpu:2', 'gres/gpu:2', 'gpu:tesla:2' -> 2; '(null)' -> 0."""
     n = 0
     for item in (value or "").split(","):
         if "gpu" in item and (m := re.search(r"(\d+)(?:\(.*\))?$", item)):
@@ -105,7 +111,8 @@ def _shrink(params_file: Path) -> None:
 
 def _logs(repo: Path, limit: int = 6000) -> str:
     parts = []
-    for f in sorted((repo / ".snakemake" / "slurm_logs").rglob("*.log")) + sorted((repo / "logs").rglob("*.log")):
+    slurm_logs, rule_logs = repo / ".snakemake" / "slurm_logs", repo / "logs"
+    for f in [*sorted(slurm_logs.rglob("*.log")), *sorted(rule_logs.rglob("*.log"))]:
         parts.append(f"--- {f.relative_to(repo)}\n{f.read_text(errors='replace')[-1500:]}")
     return "\n".join(parts)[-limit:]
 
@@ -124,6 +131,8 @@ def _run(repo: Path, args: list[str]) -> tuple[int, str]:
     return p.returncode, out
 
 
+@pytest.mark.slurm
+@pytest.mark.slow  # ~3 min: CI runs it on its own with `-m slurm`
 def test_embedded_pipeline_on_slurm(cluster, tmp_path):
     repo = copy_workflow(tmp_path / "repo")
     _shrink(repo / "params.yaml")
@@ -132,12 +141,12 @@ def test_embedded_pipeline_on_slurm(cluster, tmp_path):
 
     t0 = time.monotonic()
     try:
-        rc, out = _run(repo, ["--profile", "slurm", "--slurm-init-seconds-before-status-checks", str(FIRST_POLL),
-                              *targets])
+        rc, out = _run(repo, ["--profile", "slurm", "--slurm-init-seconds-before-status-checks",
+                              str(FIRST_POLL), *targets])
     finally:
         left = [j["JobId"] for j in slurm_jobs(repo) if j.get("JobState") in ("PENDING", "RUNNING")]
         if left:
-            subprocess.run(["scancel", *left], timeout=60)
+            subprocess.run(["scancel", *left], check=False, timeout=60)
     elapsed = time.monotonic() - t0
     print(f"snakemake --profile slurm: {len(planned)} jobs in {elapsed:.1f} s")
     assert rc == 0, f"snakemake --profile slurm failed (rc {rc}):\n{out[-4000:]}\n{_logs(repo)}"
@@ -155,6 +164,7 @@ def test_embedded_pipeline_on_slurm(cluster, tmp_path):
     for j in done:
         assert gpu_count(j.get("JOB_GRES")) == requested_gpus(j), (rule_of(j), j.get("JOB_GRES"))
     gpu_rules = sorted({rule_of(j) for j in done if requested_gpus(j)})
+    assert gpu_rules, "no job asked for a GPU: the embedded preset gives the training stages one each"
     print(f"GPU rules: {gpu_rules}; CPU rules: {sorted({rule_of(j) for j in done} - set(gpu_rules))}")
 
 
