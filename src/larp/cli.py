@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=Path, required=True)
     p.add_argument("--tokenizer", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="result JSON, e.g. results/rfvd_ucf101.json")
+
+    p = sub.add_parser("import-weights", help="convert a released LARP checkpoint (Hugging Face hub) into our "
+                       "weights file, strictly checked")
+    _common(p)
+    p.add_argument("--kind", choices=("tokenizer", "ar", "ar-fp"), required=True)
+    p.add_argument("--src", required=True, help="model.safetensors / pytorch_model.bin, a directory holding one "
+                   "(a downloaded hub repo), or hf:<repo id>")
+    p.add_argument("--out", type=Path, required=True,
+                   help="weights file, e.g. checkpoints/ucf101/released/tokenizer.safetensors")
     return ap
 
 
@@ -144,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         stages.fvd(args.dataset, args.frames, args.samples, args.out, params)
     elif args.command == "rfvd":
         stages.rfvd(args.dataset, args.frames, args.tokenizer, args.out, params)
+    elif args.command == "import-weights":
+        from larp.convert import ConversionError, import_weights_stage
+        from larp.train.checkpoint import UnsafeCheckpointError
+
+        try:
+            import_weights_stage(args.kind, args.src, args.out, params)
+        except (ConversionError, UnsafeCheckpointError) as e:
+            print(f"larp import-weights: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -1,0 +1,125 @@
+# Score the authors' released checkpoints with our protocol, skipping training (Snakemake-only targets;
+# dvc.yaml builds the configured dataset's own pipeline):
+#   snakemake --profile slurm results/fvd_ucf101_released.json results/rfvd_ucf101_released.json
+# The weights come from the Hugging Face hub. Offline, download them first (model.safetensors + config.json):
+#   huggingface-cli download hywang66/LARP-L-long-tokenizer --local-dir data/released/tokenizer
+#   huggingface-cli download hywang66/LARP-L-long-AR --local-dir data/released/ar
+# When data/released/<kind> exists it is the source; otherwise `larp import-weights` fetches hf:<repo>.
+import os
+
+RELEASED_DATASET = "ucf101"  # the released models are the paper-size UCF-101 ones
+RELEASED_REPOS = {"tokenizer": "hywang66/LARP-L-long-tokenizer", "ar": "hywang66/LARP-L-long-AR"}
+
+
+def released_source(wildcards):
+    local = f"data/released/{wildcards.kind}"
+    return local if os.path.isdir(local) else f"hf:{RELEASED_REPOS[wildcards.kind]}"
+
+
+def released_input(wildcards):
+    src = released_source(wildcards)
+    return [] if src.startswith("hf:") else [src]
+
+
+def released_tracked(*keys):
+    return {k: _lookup(config, k) for k in keys}
+
+
+def released_resources(stage):
+    r = getattr(resolved(RELEASED_DATASET).resources, stage)
+    return dict(gpu=r.gpus, mem_mb=r.mem_mb, runtime=r.runtime)
+
+
+def released_shards(wildcards):
+    shards = resolved(RELEASED_DATASET).sample.shards
+    return [f"data/samples/ucf101_released/shard-{k}" for k in shards]
+
+
+rule import_released:
+    input:
+        released_input,
+        "src/larp/convert.py",
+    output:
+        "checkpoints/ucf101/released/{kind}.safetensors",
+        "checkpoints/ucf101/released/{kind}.safetensors.json",
+    wildcard_constraints:
+        kind="tokenizer|ar",
+    params:
+        src=released_source,
+        tracked=released_tracked("presets.ucf101", "tokenizer", "prior", "generator"),
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=12000,  # the AR checkpoint is 2.5 GB of float32, held twice at most
+        runtime=60,
+    log:
+        "logs/import_released/{kind}.log",
+    shell:
+        "larp import-weights --dataset ucf101 --kind {wildcards.kind} --src {params.src}"
+        " --out checkpoints/ucf101/released/{wildcards.kind}.safetensors 2> {log}"
+
+
+rule sample_released:
+    input:
+        "data/frames/ucf101",
+        "checkpoints/ucf101/released/tokenizer.safetensors",
+        "checkpoints/ucf101/released/ar.safetensors",
+        "src/larp/sample.py",
+        "src/larp/evaluate.py",
+    output:
+        directory("data/samples/ucf101_released/shard-{shard}"),
+    params:
+        tracked=released_tracked(
+            "presets.ucf101", "data", "tokenizer", "prior", "generator", "sample", "fvd"
+        ),
+    threads: resolved(RELEASED_DATASET).resources.sample.cpus
+    resources:
+        **released_resources("sample"),
+    log:
+        "logs/sample/ucf101_released-{shard}.log",
+    shell:
+        "larp sample --dataset ucf101 --frames data/frames/ucf101"
+        " --tokenizer checkpoints/ucf101/released/tokenizer.safetensors"
+        " --ar checkpoints/ucf101/released/ar.safetensors --shard {wildcards.shard}"
+        " --out data/samples/ucf101_released/shard-{wildcards.shard} 2> {log}"
+
+
+rule fvd_released:
+    input:
+        "data/frames/ucf101",
+        released_shards,
+        "src/larp/eval",
+        "src/larp/evaluate.py",
+    output:
+        "results/fvd_ucf101_released.json",
+    params:
+        tracked=released_tracked("presets.ucf101", "data", "sample", "fvd"),
+    threads: resolved(RELEASED_DATASET).resources.fvd.cpus
+    resources:
+        **released_resources("fvd"),
+    log:
+        "logs/fvd/ucf101_released.log",
+    shell:
+        "larp fvd --dataset ucf101 --frames data/frames/ucf101"
+        " --samples data/samples/ucf101_released --out results/fvd_ucf101_released.json 2> {log}"
+
+
+rule rfvd_released:
+    input:
+        "data/frames/ucf101",
+        "checkpoints/ucf101/released/tokenizer.safetensors",
+        "src/larp/eval",
+        "src/larp/evaluate.py",
+    output:
+        "results/rfvd_ucf101_released.json",
+    params:
+        tracked=released_tracked("presets.ucf101", "data", "tokenizer", "prior", "fvd"),
+    threads: resolved(RELEASED_DATASET).resources.fvd.cpus
+    resources:
+        **released_resources("fvd"),
+    log:
+        "logs/rfvd/ucf101_released.log",
+    shell:
+        "larp rfvd --dataset ucf101 --frames data/frames/ucf101"
+        " --tokenizer checkpoints/ucf101/released/tokenizer.safetensors"
+        " --out results/rfvd_ucf101_released.json 2> {log}"
