@@ -1,0 +1,45 @@
+"""Stage entry points: multi-GPU training commands relaunch themselves under torchrun."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from larp import stages
+
+
+class Exec(Exception):
+    """Stands in for os.execvp, which would replace the test process."""
+
+
+def _fake_gpus(monkeypatch, n: int) -> list:
+    calls: list = []
+    monkeypatch.setattr("torch.cuda.is_available", lambda: n > 0)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: n)
+
+    def execvp(file, args):
+        calls.append(args)
+        raise Exec
+
+    monkeypatch.setattr(os, "execvp", execvp)
+    monkeypatch.setattr("sys.argv", ["larp", "train-ar", "--dataset", "ucf101", "--out", "x.safetensors"])
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    return calls
+
+
+def test_several_gpus_relaunch_under_torchrun(monkeypatch):
+    calls = _fake_gpus(monkeypatch, 4)
+    with pytest.raises(Exec):
+        stages._launch_torchrun_if_multi_gpu()
+    assert calls == [["torchrun", "--standalone", "--nproc-per-node=4", "-m", "larp.cli", "train-ar", "--dataset",
+                      "ucf101", "--out", "x.safetensors"]]
+
+
+@pytest.mark.parametrize("gpus, local_rank", [(1, None), (0, None), (4, "0")])
+def test_no_relaunch_with_one_gpu_or_inside_torchrun(monkeypatch, gpus, local_rank):
+    calls = _fake_gpus(monkeypatch, gpus)
+    if local_rank is not None:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    stages._launch_torchrun_if_multi_gpu()
+    assert calls == []
