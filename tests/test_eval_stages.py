@@ -16,17 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from larp.config import ParamsError
 import torch
+from micro import make_frames, micro_params
 
 from larp import evaluate
-from larp.config import EmbeddedParams, Params, apply_overrides, preset
+from larp.config import Params, ParamsError, apply_overrides
 from larp.data.clips import ClipDataset
-from larp.data.embedded import generate_embedded
-from larp.data.extract import extract_dataset
 from larp.data.frames import FrameStore
-from larp.data.index import build_index, write_index
 from larp.eval.metrics import psnr_per_video
 from larp.eval.protocols import clips_hash, rfvd_clips
 from larp.evaluate import gfvd, gfvd_clips, rfvd, sample_shard
@@ -34,14 +30,6 @@ from larp.files import sha256_file
 from larp.tokenize import tokenize_dataset
 from larp.train.generator import train_generator
 from larp.train.tokenizer import load_tokenizer, train_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(**overrides: dict) -> Params:
@@ -60,19 +48,13 @@ def tiny(**overrides: dict) -> Params:
         "fvd": {"detector": "i3d-random", "num_clips": 3, "bootstrap": 5, "batch_size": 4,
                 "rfvd_max_videos": 2, "lpips": False},
     }
-    for group, values in overrides.items():
-        base[group] = {**base.get(group, {}), **values}
-    return apply_overrides(preset("tiny"), base)
+    return micro_params(base, overrides)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("eval")
-    raw, frames = root / "raw", root / "frames"
-    generate_embedded(raw, EmbeddedParams(num_classes=3, train_per_class=3, test_per_class=1, min_frames=16,
-                                          max_frames=20, height=32, width=40))
-    write_index(build_index(raw, workers=1, progress=False), raw / "index.csv")
-    extract_dataset(raw, frames, size=32, shard_videos=4, workers=1)
+    frames = make_frames(root)
     params = tiny()
     torch.set_num_threads(1)
     tok, ar = root / "tok.safetensors", root / "ar.safetensors"

@@ -15,26 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from micro import make_frames, micro_params
 
-from larp.config import EmbeddedParams, Params, apply_overrides, preset
+from larp.config import Params
 from larp.data.clips import ClipDataset
-from larp.data.embedded import generate_embedded
-from larp.data.extract import extract_dataset
-from larp.data.index import build_index, write_index
 from larp.files import sha256_file
 from larp.models.tokenizer import LARPTokenizer
 from larp.tokenize import TokenDataset, clip_list, shard_path, tokenize_dataset
 from larp.train.tokenizer import load_tokenizer, train_tokenizer
 
 SHARD_CLIPS = 8
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(**overrides: dict) -> Params:
@@ -49,19 +39,13 @@ def tiny(**overrides: dict) -> Params:
         "generator": {"depth": 1, "width": 32, "heads": 4, "ffn_multiple_of": 16, "vocab_size": 64,
                       "seq_len": 16, "num_classes": 3},
     }
-    for group, values in overrides.items():
-        base[group] = {**base.get(group, {}), **values}
-    return apply_overrides(preset("tiny"), base)
+    return micro_params(base, overrides)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("tokenize")
-    raw, frames = root / "raw", root / "frames"
-    generate_embedded(raw, EmbeddedParams(num_classes=3, train_per_class=3, test_per_class=1, min_frames=16,
-                                          max_frames=20, height=32, width=40))
-    write_index(build_index(raw, workers=1, progress=False), raw / "index.csv")
-    extract_dataset(raw, frames, size=32, shard_videos=4, workers=1)
+    frames = make_frames(root)
     params = tiny()
     weights = root / "tok.safetensors"
     torch.set_num_threads(1)

@@ -17,25 +17,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from micro import make_frames, micro_params
 
-from larp.config import EmbeddedParams, Params, apply_overrides, preset
-from larp.data.embedded import generate_embedded
-from larp.data.extract import extract_dataset
-from larp.data.index import build_index, write_index
+from larp.config import Params
 from larp.files import sha256_file
 from larp.models.generator import LARPGenerator
 from larp.tokenize import TokenDataset, shard_path, tokenize_dataset
 from larp.train import Preempted
 from larp.train.generator import GeneratorTask, load_generator, run_key, train_generator
 from larp.train.tokenizer import train_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(**overrides: dict) -> Params:
@@ -51,19 +41,13 @@ def tiny(**overrides: dict) -> Params:
         "train_ar": {"max_steps": 8, "global_batch": 8, "micro_batch": 4, "checkpoint_every": 3,
                      "log_every": 1, "sample_every": None},
     }
-    for group, values in overrides.items():
-        base[group] = {**base.get(group, {}), **values}
-    return apply_overrides(preset("tiny"), base)
+    return micro_params(base, overrides)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("ar")
-    raw, frames = root / "raw", root / "frames"
-    generate_embedded(raw, EmbeddedParams(num_classes=3, train_per_class=3, test_per_class=1, min_frames=16,
-                                          max_frames=20, height=32, width=40))
-    write_index(build_index(raw, workers=1, progress=False), raw / "index.csv")
-    extract_dataset(raw, frames, size=32, shard_videos=4, workers=1)
+    frames = make_frames(root)
     params = tiny()
     torch.set_num_threads(1)
     weights = root / "tok.safetensors"

@@ -15,33 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from micro import make_frames, micro_params
 
-from larp.config import EmbeddedParams, Params, apply_overrides, preset
+from larp.config import Params
 from larp.data.clips import ClipDataset
-from larp.data.embedded import generate_embedded
-from larp.data.extract import extract_dataset
-from larp.data.index import build_index, write_index
 from larp.train import Preempted, StepContext
 from larp.train.tokenizer import METRICS, TokenizerTask, load_tokenizer, psnr, run_key, train_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: a second intra-op thread only adds contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def frames_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tokdata")
-    raw, frames = root / "raw", root / "frames"
-    generate_embedded(raw, EmbeddedParams(num_classes=3, train_per_class=3, test_per_class=1, min_frames=16,
-                                          max_frames=20, height=32, width=40))
-    write_index(build_index(raw, workers=1, progress=False), raw / "index.csv")
-    extract_dataset(raw, frames, size=32, shard_videos=4, workers=1)
+    frames = make_frames(root)
     return frames
 
 
@@ -57,9 +42,7 @@ def tiny(**overrides: dict) -> Params:
         "generator": {"depth": 1, "width": 32, "heads": 4, "ffn_multiple_of": 16, "vocab_size": 64,
                       "seq_len": 16, "num_classes": 3},
     }
-    for group, values in overrides.items():
-        base[group] = {**base.get(group, {}), **values}
-    return apply_overrides(preset("tiny"), base)
+    return micro_params(base, overrides)
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
