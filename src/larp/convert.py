@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 from larp.config import Params, TokenizerConfig
 from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.models.layers import sincos_1d, sincos_3d
-from larp.train.checkpoint import UnsafeCheckpointError
+from larp.train.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_file
 
 # kind -> (hub repo, module name in our weights file)
 RELEASED = {
@@ -237,29 +236,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         path = found[0]
     if not path.is_file():
         raise ConversionError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for a bad header
-            raise ConversionError(f"{path}: unreadable safetensors file ({e})") from e
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(
-            f"{path}: refusing to load: it holds pickled objects other than tensors "
-            f"(weights_only=True rejected it: {str(e).splitlines()[0]})"
-        ) from e
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise ConversionError(f"{path}: unreadable torch checkpoint ({e})") from e
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ConversionError(f"{path}: expected a state dict of tensors (or one under 'model'/'state_dict')")
-    return obj
+        return load_state_dict_file(path)
+    except UnsafeCheckpointError:
+        raise
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from e
 
 
 def _download_instructions(repo: str, kind: str) -> str:

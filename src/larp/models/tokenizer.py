@@ -283,16 +283,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from larp.train.checkpoint import load_state_dict_file
 
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for arbitrary objects/code
-        raise ValueError(f"{path}: not a tensors-only checkpoint (weights_only load refused it): {e}") from e
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors (or one under the key 'model')")
-    return obj
+    return load_state_dict_file(path)

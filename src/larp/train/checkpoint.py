@@ -38,7 +38,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used (corrupt, truncated, missing its checksum)."""
 
 
-class UnsafeCheckpointError(CheckpointError):
+class UnsafeCheckpointError(CheckpointError, ValueError):
     """A checkpoint holds pickled objects beyond tensors and primitives; it is never loaded."""
 
 
@@ -69,6 +69,42 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     return path
 
 
+def torch_load_safe(path: Path) -> Any:
+    """``torch.load`` on the CPU with ``weights_only=True``: tensors and primitives, never pickled code.
+
+    Raises :class:`UnsafeCheckpointError` (also a ``ValueError``) when the file holds other pickled objects,
+    :class:`CheckpointError` when it cannot be read.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{path}: refusing to load: not a tensors-only file, it holds pickled objects other than tensors "
+            f"and primitives (weights_only=True rejected it: {str(e).splitlines()[0]})"
+        ) from e
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from e
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a ``.safetensors`` file or a torch file (the dict itself, or under
+    ``"model"`` / ``"state_dict"``), loaded safely; :class:`CheckpointError` for anything else."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for a bad header
+            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
+    obj = torch_load_safe(path)
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors (or one under 'model'/'state_dict')")
+    return obj
+
+
 def load_checkpoint_file(path: Path, verify: bool = True) -> dict[str, Any]:
     """Load one checkpoint on the CPU with ``weights_only=True`` (tensors and primitives only).
 
@@ -84,15 +120,7 @@ def load_checkpoint_file(path: Path, verify: bool = True) -> dict[str, Any]:
         actual = sha256_file(path)
         if actual != expected:
             raise CheckpointError(f"{path}: sha256 {actual} does not match {sidecar.name} ({expected})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(
-            f"{path}: refusing to load: it contains pickled objects other than tensors and primitives "
-            f"(weights_only=True rejected it: {str(e).splitlines()[0]})"
-        ) from e
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from e
+    state = torch_load_safe(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict at the top level, got {type(state).__name__}")
     return state
