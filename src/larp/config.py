@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-DATASETS = ("embedded", "ucf101")
+DATASETS = ("embedded", "ucf101", "k600")
 PRESET_NAMES = ("paper", "tiny")
 
 
@@ -60,6 +60,22 @@ class UCF101Params:
 
     def validate(self) -> None:
         pass  # the Literal type is checked on load
+
+
+@dataclass
+class K600Params:
+    """Kinetics-600 from the CVDF mirror's published part lists (see larp.data.k600)."""
+
+    splits: tuple[str, ...] = ("train", "val")
+    workers: int = 4  # parts downloaded and extracted at once
+    max_bad_fraction: float = 0.01  # missing / truncated / undecodable clips tolerated before the stage fails
+    keep_archives: bool = True
+
+    def validate(self) -> None:
+        _check(len(self.splits) >= 1 and set(self.splits) <= {"train", "val"}, "k600.splits",
+               f"must be a non-empty subset of ['train', 'val'], got {list(self.splits)}")
+        _check(self.workers >= 1, "k600.workers", "must be >= 1")
+        _check(0 <= self.max_bad_fraction <= 1, "k600.max_bad_fraction", "must be in [0, 1]")
 
 
 @dataclass
@@ -172,8 +188,13 @@ class GeneratorConfig:
     ffn_dropout: float = 0.1
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    # frame-prediction variant (LARP_SPEC.md 4.4): the condition is the tokens of the first `cond_frames`
+    # frames repeat-padded to the clip length, + a SEP token (id vocab_size); no class embedding, no CFG
+    frame_prediction: bool = False
+    cond_frames: int = 5
 
     def validate(self) -> None:
+        _check(self.cond_frames >= 1, "generator.cond_frames", f"must be >= 1, got {self.cond_frames}")
         for key, low in (("depth", 1), ("heads", 1), ("width", 1), ("vocab_size", 2), ("seq_len", 2)):
             _check(getattr(self, key) >= low, f"generator.{key}", f"must be >= {low}, got {getattr(self, key)}")
         _check(self.width % self.heads == 0, "generator.width", "must be divisible by generator.heads")
@@ -375,6 +396,7 @@ class ResourcesParams:
 class Params:
     data: DataParams = field(default_factory=DataParams)
     ucf101: UCF101Params = field(default_factory=UCF101Params)
+    k600: K600Params = field(default_factory=K600Params)
     embedded: EmbeddedParams = field(default_factory=EmbeddedParams)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -408,6 +430,9 @@ class Params:
         _check(self.generator.vocab_size == t.codebook_size, "generator.vocab_size",
                f"must equal tokenizer.codebook_size ({t.codebook_size})")
         _check(self.fvd.frames == self.data.frames, "fvd.frames", f"must equal data.frames ({self.data.frames})")
+        if self.generator.frame_prediction:
+            _check(self.generator.cond_frames < self.data.frames, "generator.cond_frames",
+                   f"must be < data.frames ({self.data.frames}) for frame prediction, got {self.generator.cond_frames}")
         _check(self.fvd.num_clips >= len(self.sample.shards), "sample.shards",
                f"{len(self.sample.shards)} sampling shards for fvd.num_clips={self.fvd.num_clips} clips: "
                "some shards would be empty")
@@ -573,7 +598,7 @@ def read_params_file(path: str | Path) -> ParamsFile:
     raw = dict(raw)
     dataset = raw.pop("dataset", "embedded")
     _check(dataset in DATASETS, "dataset", f"must be one of {list(DATASETS)}, got {dataset!r}")
-    presets = raw.pop("presets", {"embedded": "tiny", "ucf101": "paper"})
+    presets = raw.pop("presets", {"embedded": "tiny", "ucf101": "paper", "k600": "paper"})
     _check(isinstance(presets, dict), "presets", "must map dataset names to preset names")
     for ds, pr in presets.items():
         _check(ds in DATASETS, f"presets.{ds}", f"unknown dataset; known: {list(DATASETS)}")

@@ -11,6 +11,10 @@ order of rows. Sharded sampling seeds sample i's generator from (seed, i): the v
 same whatever the shard size or the batch size (up to last-bit differences of batched matmuls, which move a
 draw only if ``u`` falls within ~1e-7 of a CDF boundary).
 
+Frame prediction (``generator.frame_prediction``, LARP_SPEC.md 4.4): the condition of a row is the tokens of
+its condition clip (b, seq_len) instead of a class id; the cache is prefilled with those + SEP (seq_len + 1
+positions) and seq_len tokens are generated. There is no null condition, so guidance is refused.
+
 Axis letters: b batch, n tokens, v vocabulary; video b c t h w.
 """
 
@@ -119,7 +123,19 @@ def draw_uniforms(generator: Randomness, batch: int, n: int, device: torch.devic
 # generation loops
 
 
-def _check_sampling_args(model: LARPGenerator, class_ids: Tensor, cfg_scale: float) -> None:
+def _check_sampling_args(model: LARPGenerator, condition: Tensor, cfg_scale: float) -> None:
+    if model.cfg.frame_prediction:
+        if cfg_scale != 1.0:
+            raise ValueError(f"cfg_scale: frame prediction has no classifier-free guidance (no null condition); "
+                             f"expected 1.0, got {cfg_scale}")
+        n, v = model.cfg.seq_len, model.cfg.vocab_size
+        if condition.ndim != 2 or condition.shape[0] == 0 or condition.shape[1] != n:
+            raise ValueError(f"cond_tokens: expected a non-empty (b, {n}) tensor, got {tuple(condition.shape)}")
+        if int(condition.min()) < 0 or int(condition.max()) >= v:
+            raise ValueError(f"cond_tokens: ids must be in [0, {v}), got range "
+                             f"[{int(condition.min())}, {int(condition.max())}]")
+        return
+    class_ids = condition
     if class_ids.ndim != 1 or class_ids.numel() == 0:
         raise ValueError(f"class_ids: expected a non-empty 1-D tensor, got shape {tuple(class_ids.shape)}")
     lo, hi = int(class_ids.min()), int(class_ids.max())
@@ -130,14 +146,14 @@ def _check_sampling_args(model: LARPGenerator, class_ids: Tensor, cfg_scale: flo
         raise ValueError(f"cfg_scale: must be >= 0, got {cfg_scale}")
 
 
-def _guided(model: LARPGenerator, class_ids: Tensor, cfg_scale: float) -> tuple[bool, Tensor]:
-    """Whether guidance runs, and the labels to feed: (b,), or (2b,) = [cond; null] under guidance."""
+def _guided(model: LARPGenerator, condition: Tensor, cfg_scale: float) -> tuple[bool, Tensor]:
+    """Whether guidance runs, and the conditions to feed: as given, or (2b,) = [cond; null] under guidance."""
     # at s = 1 the mix is exactly the conditional logits: skip the second half. (The official sampler guides
     # only when s > 1, silently ignoring 0 <= s < 1; the protocols use s = 1.25 and 1.0, where both agree.)
-    guided = cfg_scale != 1.0
+    guided = cfg_scale != 1.0 and not model.cfg.frame_prediction  # (FP with s != 1 is refused earlier)
     if not guided:
-        return False, class_ids
-    return True, torch.cat([class_ids, torch.full_like(class_ids, model.null_class)])
+        return False, condition
+    return True, torch.cat([condition, torch.full_like(condition, model.null_class)])
 
 
 def _mix(logits: Tensor, guided: bool, cfg_scale: float) -> Tensor:
@@ -158,67 +174,69 @@ def _eval_mode(model: LARPGenerator) -> Iterator[None]:
 
 
 @torch.no_grad()
-def generate(model: LARPGenerator, class_ids: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
+def generate(model: LARPGenerator, condition: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: Randomness,
              cache_dtype: torch.dtype | None = None) -> Tensor:
-    """Sample (b, seq_len) int64 token ids for ``class_ids`` (b,) with a static KV cache.
+    """Sample (b, seq_len) int64 token ids for ``condition`` with a static KV cache.
 
-    ``generator``: one torch.Generator for the batch, or one per row (then row r depends only on its own
+    ``condition``: class ids (b,), or with frame prediction the condition tokens (b, seq_len) (cfg_scale
+    must then be 1). ``generator``: one torch.Generator for the batch, or one per row (then row r depends only on its own
     generator). ``cache_dtype``: dtype of the KV cache (default: the model's; pass the autocast dtype when
     running under autocast). The cache is installed for this call and removed afterwards.
     """
-    _check_sampling_args(model, class_ids, cfg_scale)
-    b, n = class_ids.shape[0], model.cfg.seq_len
-    u = draw_uniforms(generator, b, n, class_ids.device)
-    guided, labels = _guided(model, class_ids, cfg_scale)
-    out = torch.empty(b, n, dtype=torch.long, device=class_ids.device)
+    _check_sampling_args(model, condition, cfg_scale)
+    b, n = condition.shape[0], model.cfg.seq_len
+    u = draw_uniforms(generator, b, n, condition.device)
+    guided, feed = _guided(model, condition, cfg_scale)
+    out = torch.empty(b, n, dtype=torch.long, device=condition.device)
     with _eval_mode(model):
-        model.setup_cache(labels.shape[0], dtype=cache_dtype)
+        model.setup_cache(feed.shape[0], dtype=cache_dtype)
         try:
-            logits = model.prefill(labels)
+            logits = model.prefill(feed)
             for t in range(n):
                 tok = choose_tokens(_mix(logits, guided, cfg_scale), u[:, t], temperature=temperature,
                                     top_k=top_k, top_p=top_p)
                 out[:, t] = tok
-                if t + 1 < n:
-                    logits = model.decode_step(torch.cat([tok, tok]) if guided else tok, t + 1)
+                if t + 1 < n:  # z_t enters at sequence position cond_len + t
+                    logits = model.decode_step(torch.cat([tok, tok]) if guided else tok, model.cond_len + t)
         finally:
             model.remove_cache()
     return out
 
 
 @torch.no_grad()
-def generate_reference(model: LARPGenerator, class_ids: Tensor, *, cfg_scale: float = 1.0,
+def generate_reference(model: LARPGenerator, condition: Tensor, *, cfg_scale: float = 1.0,
                        temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                        generator: Randomness) -> Tensor:
     """The same sampler without a cache: every step re-runs the whole prefix (nanoGPT style).
 
     Quadratically slower; kept as the reference the cached path must match and as the benchmark baseline.
     """
-    _check_sampling_args(model, class_ids, cfg_scale)
-    b, n = class_ids.shape[0], model.cfg.seq_len
-    u = draw_uniforms(generator, b, n, class_ids.device)
-    guided, labels = _guided(model, class_ids, cfg_scale)
-    out = torch.empty(b, n, dtype=torch.long, device=class_ids.device)
+    _check_sampling_args(model, condition, cfg_scale)
+    b, n = condition.shape[0], model.cfg.seq_len
+    u = draw_uniforms(generator, b, n, condition.device)
+    guided, feed = _guided(model, condition, cfg_scale)
+    out = torch.empty(b, n, dtype=torch.long, device=condition.device)
     with _eval_mode(model):
         for t in range(n):
             prefix = out[:, :t]
-            logits = model(labels, torch.cat([prefix, prefix]) if guided else prefix)[:, -1]
+            logits = model(feed, torch.cat([prefix, prefix]) if guided else prefix)[:, -1]
             out[:, t] = choose_tokens(_mix(logits, guided, cfg_scale), u[:, t], temperature=temperature,
                                       top_k=top_k, top_p=top_p)
     return out
 
 
 @torch.no_grad()
-def sequence_nll(model: LARPGenerator, class_ids: Tensor, tokens: Tensor) -> Tensor:
+def sequence_nll(model: LARPGenerator, condition: Tensor, tokens: Tensor) -> Tensor:
     """Per-sample mean next-token cross-entropy (nats) of ``tokens`` (b, seq_len): eval mode, no guidance.
 
     This is the official ``NLL_sampled`` (teacher-forced CE of the model on its own samples, conditioned on
     the true label). The official report averages per-batch means, which equals the mean of these per-sample
-    values when all batches are full.
+    values when all batches are full. (For frame prediction the official value is None; ours is the same CE
+    given the condition tokens.)
     """
     with _eval_mode(model):
-        logits = model(class_ids, tokens[:, :-1])
+        logits = model(condition, tokens[:, :-1])
     ce = F.cross_entropy(rearrange(logits, "b n v -> b v n"), tokens.long(), reduction="none")
     return ce.float().mean(-1)
 
@@ -237,18 +255,27 @@ class SampledVideos(NamedTuple):
     nll: np.ndarray  # (n,) float32, per-sample NLL_sampled
 
 
-def _check_pairs(pairs: Sequence[tuple[int, int]], num_classes: int) -> None:
+# (sample index, condition): a class label, or with frame prediction the condition tokens (seq_len,)
+Pair = tuple[int, Union[int, Tensor]]
+
+
+def _check_pairs(pairs: Sequence[Pair], model: LARPGenerator) -> None:
     if len(pairs) == 0:
         raise ValueError("pairs: expected at least one (index, label) pair")
+    c = model.cfg
     seen: set[int] = set()
     for j, pair in enumerate(pairs):
         if len(pair) != 2:
             raise ValueError(f"pairs[{j}]: expected an (index, label) pair, got {pair!r}")
-        index, label = int(pair[0]), int(pair[1])
+        index, cond = int(pair[0]), pair[1]
         if index < 0:
             raise ValueError(f"pairs[{j}]: sample index must be >= 0, got {index}")
-        if not 0 <= label < num_classes:
-            raise ValueError(f"pairs[{j}]: label must be in [0, {num_classes}), got {label}")
+        if c.frame_prediction:
+            if not isinstance(cond, Tensor) or cond.shape != (c.seq_len,):
+                raise ValueError(f"pairs[{j}]: frame prediction expects (index, condition tokens of shape "
+                                 f"({c.seq_len},)), got {type(cond).__name__} {tuple(getattr(cond, 'shape', ()))}")
+        elif not 0 <= int(cond) < c.num_classes:
+            raise ValueError(f"pairs[{j}]: label must be in [0, {c.num_classes}), got {int(cond)}")
         if index in seen:
             raise ValueError(f"pairs[{j}]: sample index {index} appears twice (it would repeat one sample)")
         seen.add(index)
@@ -260,37 +287,45 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _batches(pairs: Sequence[tuple[int, int]], batch_size: int) -> Iterator[Sequence[tuple[int, int]]]:
+def _batches(pairs: Sequence[Pair], batch_size: int) -> Iterator[Sequence[Pair]]:
     for start in range(0, len(pairs), batch_size):
         yield pairs[start : start + batch_size]
 
 
-def iter_sample_batches(model: LARPGenerator, pairs: Sequence[tuple[int, int]], *, cfg_scale: float,
+def _conditions(chunk: Sequence[Pair], model: LARPGenerator, device: torch.device) -> Tensor:
+    """The batch's conditions: class ids (b,), or stacked condition tokens (b, seq_len)."""
+    if model.cfg.frame_prediction:
+        return torch.stack([c for _, c in chunk]).to(device=device, dtype=torch.long)
+    return torch.tensor([int(lab) for _, lab in chunk], dtype=torch.long, device=device)
+
+
+def iter_sample_batches(model: LARPGenerator, pairs: Sequence[Pair], *, cfg_scale: float,
                         temperature: float, top_k: int | None, top_p: float | None, seed: int,
                         batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
-                        progress: bool = True) -> Iterator[tuple[Sequence[tuple[int, int]], SampledTokens]]:
+                        progress: bool = True) -> Iterator[tuple[Sequence[Pair], SampledTokens]]:
     """Yield (pairs of the batch, their tokens and NLL) batch by batch; sample i uses generator (seed, i).
 
+    ``pairs``: (sample index, label), or with frame prediction (sample index, condition tokens (seq_len,)).
     ``dtype``: float32, or bfloat16/float16 to run the model under autocast (the KV cache then uses it too).
     """
-    _check_pairs(pairs, model.cfg.num_classes)
+    _check_pairs(pairs, model)
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     device = torch.device(device)
     bar = tqdm(total=len(pairs), desc="sampling", unit="sample", disable=not progress)
     for chunk in _batches(pairs, batch_size):
-        labels = torch.tensor([int(lab) for _, lab in chunk], dtype=torch.long, device=device)
+        condition = _conditions(chunk, model, device)
         gens = sample_generators(seed, [i for i, _ in chunk])
         with _autocast(device, dtype):
-            tokens = generate(model, labels, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
+            tokens = generate(model, condition, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                               top_p=top_p, generator=gens, cache_dtype=dtype)
-            nll = sequence_nll(model, labels, tokens)
+            nll = sequence_nll(model, condition, tokens)
         bar.update(len(chunk))
         yield chunk, SampledTokens(tokens, nll)
     bar.close()
 
 
-def sample_tokens(model: LARPGenerator, pairs: Sequence[tuple[int, int]], *, cfg_scale: float,
+def sample_tokens(model: LARPGenerator, pairs: Sequence[Pair], *, cfg_scale: float,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int,
                   batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
                   progress: bool = True) -> SampledTokens:
@@ -314,11 +349,13 @@ def to_uint8_video(video: Tensor) -> Tensor:
 
 
 def sample_videos(generator_model: LARPGenerator, tokenizer_decode_fn: Callable[[Tensor], Tensor],
-                  pairs: Sequence[tuple[int, int]], *, cfg_scale: float, temperature: float = 1.0,
+                  pairs: Sequence[Pair], *, cfg_scale: float, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None, seed: int, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype = torch.float32,
                   progress: bool = True) -> SampledVideos:
-    """Class-conditional videos for (index, label) pairs: tokens -> ``tokenizer_decode_fn`` -> uint8.
+    """Videos for (index, label) pairs (frame prediction: (index, condition tokens)): tokens ->
+    ``tokenizer_decode_fn`` -> uint8. The decoded clip is the full generated clip (for frame prediction the
+    context frames are regenerated, not pasted from the condition).
 
     ``tokenizer_decode_fn``: ids (b, seq_len) -> float video (b, 3, T, H, W) (clamped to [0, 1] here).
     Returns uint8 videos (n, T, H, W, 3) and the per-sample NLL, both in the order of ``pairs``. Sample i

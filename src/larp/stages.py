@@ -24,6 +24,13 @@ def download(dataset: str, out: Path, params: Params) -> None:
 
         download_ucf101(out, source=params.ucf101.source, workers=params.data.workers)
         return
+    if dataset == "k600":
+        from larp.data.k600 import download_k600
+
+        k = params.k600
+        download_k600(out, splits=k.splits, workers=k.workers, max_bad_fraction=k.max_bad_fraction,
+                      keep_archives=k.keep_archives)
+        return
     from larp.data.embedded import generate_embedded
 
     generate_embedded(out, params.embedded)

@@ -5,6 +5,8 @@ approximates that (deviation, README): every clip start offset at ``tokenize.cli
 and without horizontal flip. Output (``data/tokens/<dataset>/``)::
 
     tokens-KKKKK.npy   uint16 (clips, num_tokens), written atomically, skipped on a re-run when complete
+    cond-KKKKK.npy     frame prediction only (``generator.frame_prediction``): uint16 (clips, num_tokens),
+                       the tokens of each clip's condition clip ``fp_condition(clip, generator.cond_frames)``
     clips.csv          one row per clip: video_row, video_id, label, start, flip, shard, offset
     tokenize.json      tokenizer weights sha256, parameters, provenance
 
@@ -27,6 +29,18 @@ from larp.config import Params
 from larp.data.clips import ClipDataset
 from larp.files import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 from larp.provenance import provenance
+
+
+def fp_condition(video: torch.Tensor, cond_frames: int) -> torch.Tensor:
+    """Frame-prediction condition clip: the first ``cond_frames`` frames, the last of them repeated to the
+    clip length (LARP_SPEC.md 4.4). (b, c, T, h, w) -> (b, c, T, h, w)."""
+    if video.ndim != 5:
+        raise ValueError(f"fp_condition: expected a video (b, c, t, h, w), got shape {tuple(video.shape)}")
+    t = video.shape[2]
+    if not 1 <= cond_frames <= t:
+        raise ValueError(f"fp_condition: cond_frames must be in [1, {t}] (clip length), got {cond_frames}")
+    pad = video[:, :, cond_frames - 1 : cond_frames].expand(-1, -1, t - cond_frames, -1, -1)
+    return torch.cat([video[:, :, :cond_frames], pad], dim=2)
 
 
 def clip_list(frames_dir: Path, params: Params) -> pd.DataFrame:
@@ -59,6 +73,15 @@ def shard_path(out_dir: Path, k: int) -> Path:
     return out_dir / f"tokens-{k:05d}.npy"
 
 
+def cond_shard_path(out_dir: Path, k: int) -> Path:
+    return out_dir / f"cond-{k:05d}.npy"
+
+
+def _shard_paths(out_dir: Path, k: int, params: Params) -> list[Path]:
+    paths = [shard_path(out_dir, k)]
+    return paths + [cond_shard_path(out_dir, k)] if params.generator.frame_prediction else paths
+
+
 def _shard_complete(path: Path, clips: int, num_tokens: int) -> bool:
     if not path.is_file():
         return False
@@ -85,6 +108,7 @@ def tokenize_dataset(frames_dir: Path, weights: Path, out_dir: Path, params: Par
     model = load_tokenizer(weights, params, device)
     reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
     n_tok, bs = params.tokenizer.num_tokens, params.tokenize.batch_size
+    fp, cond_frames = params.generator.frame_prediction, params.generator.cond_frames
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = sorted(clips["shard"].unique())
     mine = [k for k in shards if k % world == rank]
@@ -92,46 +116,69 @@ def tokenize_dataset(frames_dir: Path, weights: Path, out_dir: Path, params: Par
                disable=not progress)
     for k in mine:
         part = clips[clips["shard"] == k]
-        path = shard_path(out_dir, k)
-        if _shard_complete(path, len(part), n_tok):
+        paths = _shard_paths(out_dir, k, params)
+        if all(_shard_complete(p, len(part), n_tok) for p in paths):
             bar.update(len(part))
             continue
-        ids = np.empty((len(part), n_tok), dtype=np.uint16)
+        ids = [np.empty((len(part), n_tok), dtype=np.uint16) for _ in paths]  # clip tokens (+ condition)
         for i in range(0, len(part), bs):
             chunk = part.iloc[i:i + bs]
             video = torch.stack([reader.read_clip(r.video_row, r.start, r.flip) for r in chunk.itertuples()])
+            video = video.to(device)
+            inputs = [video, fp_condition(video, cond_frames)] if fp else [video]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                ids[i:i + len(chunk)] = model.encode(video.to(device)).cpu().numpy().astype(np.uint16)
+                for out, x in zip(ids, inputs):
+                    out[i:i + len(chunk)] = model.encode(x).cpu().numpy().astype(np.uint16)
             bar.update(len(chunk))
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, ids)
+        for path, a in zip(paths, ids):
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, a)
     bar.close()
-    if all(_shard_complete(shard_path(out_dir, k), int((clips["shard"] == k).sum()), n_tok) for k in shards):
+    if all(_shard_complete(p, int((clips["shard"] == k).sum()), n_tok)
+           for k in shards for p in _shard_paths(out_dir, k, params)):
         atomic_write_text(out_dir / "clips.csv", clips.to_csv(index=False))
         atomic_write_json(out_dir / "tokenize.json", provenance(
             {"tokenize": params.tokenize.__dict__, "data": params.data.__dict__},
             inputs={"tokenizer": sha256_file(weights), "videos.csv": sha256_file(frames_dir / "videos.csv")},
-            clips=len(clips), shards=len(shards), num_tokens=n_tok, deterministic_svq=True))
+            clips=len(clips), shards=len(shards), num_tokens=n_tok, deterministic_svq=True,
+            frame_prediction=fp, cond_frames=cond_frames if fp else None))
     return clips
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """Items ``(class_id int64, tokens int64 (num_tokens,))`` of a tokenize output, held in memory."""
+    """Items ``(condition, tokens int64 (num_tokens,))`` of a tokenize output, held in memory.
 
-    def __init__(self, tokens_dir: str | Path) -> None:
+    The condition is the class id (int64), or with ``frame_prediction`` the condition tokens (num_tokens,)
+    int64 of the clip (``cond-KKKKK.npy``, written by a frame-prediction tokenize run).
+    """
+
+    def __init__(self, tokens_dir: str | Path, *, frame_prediction: bool = False) -> None:
         tokens_dir = Path(tokens_dir)
         table = tokens_dir / "clips.csv"
         if not table.is_file():
             raise FileNotFoundError(f"{table} not found: run `larp tokenize` first (or let it finish)")
         self.clips = pd.read_csv(table)
-        shards = [np.load(shard_path(tokens_dir, k)) for k in sorted(self.clips["shard"].unique())]
-        self.tokens = torch.from_numpy(np.concatenate(shards).astype(np.int64))
+        ks = sorted(self.clips["shard"].unique())
+        self.tokens = torch.from_numpy(np.concatenate([np.load(shard_path(tokens_dir, k)) for k in ks])
+                                       .astype(np.int64))
         self.labels = torch.from_numpy(self.clips["label"].to_numpy(np.int64).copy())
         if len(self.tokens) != len(self.clips):
             raise ValueError(f"{tokens_dir}: {len(self.tokens)} token rows for {len(self.clips)} clips")
+        self.cond_tokens: torch.Tensor | None = None
+        if frame_prediction:
+            missing = [cond_shard_path(tokens_dir, k).name for k in ks if not cond_shard_path(tokens_dir, k).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{tokens_dir}: no condition tokens {missing[:3]}: tokenize with "
+                                        "generator.frame_prediction = true for a frame-prediction run")
+            cond = np.concatenate([np.load(cond_shard_path(tokens_dir, k)) for k in ks]).astype(np.int64)
+            self.cond_tokens = torch.from_numpy(cond)
+            if self.cond_tokens.shape != self.tokens.shape:
+                raise ValueError(f"{tokens_dir}: condition tokens {tuple(self.cond_tokens.shape)} do not match "
+                                 f"the clip tokens {tuple(self.tokens.shape)}")
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.labels[i], self.tokens[i]
+        cond = self.labels[i] if self.cond_tokens is None else self.cond_tokens[i]
+        return cond, self.tokens[i]

@@ -222,7 +222,7 @@ def write_index(df: pd.DataFrame, path: str | Path) -> None:
 def read_index(path: str | Path) -> pd.DataFrame:
     """Read an index CSV with the dtypes :func:`build_index` produces."""
     dtypes = {"video_id": "string", "path": "string", "class_name": "string", "label": "int64",
-              "group": "int64", "clip": "int64", "split1": "string", "split2": "string", "split3": "string",
+              "group": "Int64", "clip": "Int64", "split1": "string", "split2": "string", "split3": "string",
               "num_frames": "Int64", "fps": "Float64", "width": "Int64", "height": "Int64"}
     df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in dtypes})
     if list(df.columns) != COLUMNS:

@@ -11,7 +11,13 @@ The table is the dataset's ``index.csv`` / ``videos.csv`` (columns ``video_id, l
   uniformly in [0, num_frames - frames] by a seeded numpy generator (LARP's start is unseeded). Videos shorter
   than ``frames`` get start 0 and are padded by repeating the last frame (LARP's loader does the same).
 
-Both return a DataFrame with columns ``row`` (position in the table), ``video_id``, ``start``, ``label``.
+* FP-FVD (LARP ``sample.py --fp``, Kinetics-600 frame prediction): the gFVD index and draw over the videos of
+  one split (``val``: the K600 index marks val videos ``split1 = "test"``), 50,000 clips with seed 42. Sample i
+  is conditioned on real clip i (``larp.tokenize.fp_condition``) and the two sets are compared after
+  :func:`resize_to` 64x64. Shard k of S generates ``fp_fvd_shard(clips, k, S)``: its own slice only (the
+  official parallel jobs each generate the full ``num_samples_total``, a bug we do not copy).
+
+All return a DataFrame with columns ``row`` (position in the table), ``video_id``, ``start``, ``label``.
 """
 
 from __future__ import annotations
@@ -21,13 +27,17 @@ import random
 
 import numpy as np
 import pandas as pd
+import torch
+from einops import rearrange
+from torchvision.transforms import Resize
 
 CLIP_COLUMNS = ["row", "video_id", "start", "label"]
 _REQUIRED = ("video_id", "label", "num_frames")
 
 
-def _train_rows(table: pd.DataFrame, split: int) -> pd.DataFrame:
-    """The split's training rows, in table order, with a ``row`` column (position in ``table``)."""
+def _train_rows(table: pd.DataFrame, split: int, which: str = "train") -> pd.DataFrame:
+    """The split's training (or ``which="test"``) rows, in table order, with a ``row`` column (position in
+    ``table``)."""
     if split not in (1, 2, 3):
         raise ValueError(f"split must be 1, 2 or 3, got {split!r}")
     col = f"split{split}"
@@ -41,30 +51,35 @@ def _train_rows(table: pd.DataFrame, split: int) -> pd.DataFrame:
     if nf.isna().any() or (nf < 0).any() or (nf != nf.round()).any():
         raise ValueError("metadata column num_frames must hold non-negative integers")
     rows = table.assign(row=np.arange(len(table)), num_frames=nf.astype(np.int64))
-    return rows[rows[col] == "train"]
+    return rows[rows[col] == which]
 
 
 def gfvd_real_clips(
     table: pd.DataFrame, frames: int = 16, num_clips: int = 10000, seed: int = 42, split: int = 1
 ) -> pd.DataFrame:
     """``num_clips`` real clips (and their labels) for class-conditional gFVD, in draw order."""
+    return _draw_clips(_train_rows(table, split), frames, num_clips, seed, f"gFVD: split {split} training")
+
+
+def _draw_clips(videos: pd.DataFrame, frames: int, num_clips: int, seed: int, what: str) -> pd.DataFrame:
+    """Index every non-overlapping ``frames``-clip of ``videos`` (in order), draw ``num_clips`` with
+    ``random.Random(seed).sample``; the clips in draw order."""
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    train = _train_rows(table, split)
-    per_video = (train["num_frames"] // frames).to_numpy()
+    per_video = (videos["num_frames"] // frames).to_numpy()
     n_index = int(per_video.sum())
     if num_clips > n_index:
         raise ValueError(
-            f"gFVD asks for num_clips={num_clips} clips but split {split} training videos hold only "
+            f"{what} asks for num_clips={num_clips} clips but its videos hold only "
             f"{n_index} non-overlapping {frames}-frame clips"
         )
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
     # the index: video j contributes clips k = 0..per_video[j]-1, videos in table order
-    video_pos = np.repeat(np.arange(len(train)), per_video)
+    video_pos = np.repeat(np.arange(len(videos)), per_video)
     clip_k = np.arange(n_index) - np.repeat(np.cumsum(per_video) - per_video, per_video)
     pick = np.asarray(random.Random(seed).sample(range(n_index), num_clips), dtype=np.int64)
-    src = train.iloc[video_pos[pick]]
+    src = videos.iloc[video_pos[pick]]
     return pd.DataFrame(
         {
             "row": src["row"].to_numpy(),
@@ -73,6 +88,41 @@ def gfvd_real_clips(
             "label": src["label"].to_numpy(),
         }
     )
+
+
+FP_SPLITS = {"train": "train", "val": "test"}  # split -> its value in the index's split1 column (K600)
+
+
+def fp_fvd_clips(
+    table: pd.DataFrame, frames: int = 16, num_clips: int = 50000, seed: int = 42, split: str = "val"
+) -> pd.DataFrame:
+    """``num_clips`` real clips for FP-FVD, in draw order: the gFVD index/draw over the ``split`` videos
+    (``val``: rows with ``split1 == "test"``, as the K600 index marks them)."""
+    if split not in FP_SPLITS:
+        raise ValueError(f"FP-FVD split must be one of {sorted(FP_SPLITS)}, got {split!r}")
+    return _draw_clips(_train_rows(table, 1, FP_SPLITS[split]), frames, num_clips, seed, f"FP-FVD: {split} split")
+
+
+def fp_fvd_shard(clips: pd.DataFrame, shard: int, num_shards: int) -> pd.DataFrame:
+    """Shard ``shard`` of ``num_shards``: draw positions [k n / S, (k + 1) n / S) of ``clips``, with an
+    ``index`` column (the position in the full draw: the sample index that seeds that sample's stream)."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} outside [0, {num_shards}) (sample.shards)")
+    n = len(clips)
+    idx = np.arange(shard * n // num_shards, (shard + 1) * n // num_shards)
+    return clips.iloc[idx].reset_index(drop=True).assign(index=idx)
+
+
+def resize_to(video: torch.Tensor, size: int) -> torch.Tensor:
+    """Float video (b, c, t, h, w) -> (b, c, t, size, size), every frame by torchvision ``Resize((size, size),
+    antialias=True)`` (bilinear): the FP-FVD protocol applies it to generated and real clips alike."""
+    if video.ndim != 5 or not video.is_floating_point():
+        raise ValueError(f"resize_to: expected a float video (b, c, t, h, w), got {tuple(video.shape)} {video.dtype}")
+    if size < 1:
+        raise ValueError(f"resize_to: size must be >= 1, got {size}")
+    b = video.shape[0]
+    frames = Resize((size, size), antialias=True)(rearrange(video, "b c t h w -> (b t) c h w"))
+    return rearrange(frames, "(b t) c h w -> b c t h w", b=b)
 
 
 def rfvd_clips(

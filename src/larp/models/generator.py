@@ -1,15 +1,19 @@
-"""Class-conditional AR generator ``llama-abs-LP`` (LARP_SPEC.md section 4.1).
+"""AR generator ``llama-abs-LP`` (LARP_SPEC.md 4.1), class-conditional or frame-prediction (4.4).
 
 A Llama-style decoder (RMSNorm, fused-qkv multi-head attention, SwiGLU) with a *learned absolute* position
-table instead of RoPE. Sequence layout, N = ``seq_len`` = 1024 positions:
+table instead of RoPE. N = ``seq_len`` = 1024 tokens per clip. The sequence starts with a condition of
+C = ``cond_len`` positions, then the tokens:
 
-    position 0      class embedding (id ``num_classes`` is the null class used by classifier-free guidance)
-    position i >= 1 token z_{i-1}
-    logits at position i predict z_i
+    class-conditional (C = 1): position 0 = class embedding (id ``num_classes`` = null class for CFG)
+    frame prediction (C = N + 1, ``cfg.frame_prediction``): positions 0..N-1 = the N tokens of the
+        condition clip (first ``cond_frames`` frames, last one repeated), position N = SEP (id ``vocab_size``,
+        the extra row of the token table); no class embedding
+    position C + i = token z_i;  the logits at position C - 1 + i predict z_i
 
-Training feeds [class, z_0 .. z_{N-2}] and scores z_0 .. z_{N-1}. Generation fills a static KV cache:
-``prefill`` (class, plus optionally a token prefix) and then one ``decode_step`` per token. The sampling
-loops themselves (CFG, temperature, top-k/top-p) live in :mod:`larp.sample`.
+Training feeds [condition, z_0 .. z_{N-2}] (C + N - 1 positions, the length of ``abs_pe``) and scores
+z_0 .. z_{N-1}. Generation fills a static KV cache: ``prefill`` (condition, plus optionally a token prefix)
+and then one ``decode_step`` per token. The sampling loops (CFG, temperature, top-k/top-p) live in
+:mod:`larp.sample`.
 
 Parameter names follow the official checkpoint (``tok_embeddings``, ``cls_embedding.embedding_table``,
 ``abs_pe``, ``layers.{i}.attention.wqkv`` ...), so released weights load without renaming.
@@ -179,7 +183,11 @@ class ClassEmbedder(nn.Module):
 
 
 class LARPGenerator(nn.Module):
-    """Class-conditional token generator. ``cfg`` is a :class:`larp.config.GeneratorConfig`."""
+    """Token generator (class-conditional, or frame prediction). ``cfg``: :class:`larp.config.GeneratorConfig`.
+
+    ``condition`` everywhere is class ids (b,) in [0, num_classes], or with ``cfg.frame_prediction`` the
+    condition clip's tokens (b, seq_len) in [0, vocab_size) (the SEP token is appended here).
+    """
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
@@ -188,11 +196,15 @@ class LARPGenerator(nn.Module):
             if getattr(cfg, key) < low:
                 raise ValueError(f"generator.{key}: must be >= {low}, got {getattr(cfg, key)}")
         self.cfg = cfg
-        self.cls_embedding = ClassEmbedder(cfg.num_classes, cfg.width, cfg.class_dropout)
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.width)
+        fp = cfg.frame_prediction
+        self.cond_len = cfg.seq_len + 1 if fp else 1  # official cls_token_num
+        self.max_len = self.cond_len + cfg.seq_len - 1  # positions of a training sequence
+        # frame prediction: no class embedding (no key in the state dict); the SEP token is an extra table row
+        self.cls_embedding = None if fp else ClassEmbedder(cfg.num_classes, cfg.width, cfg.class_dropout)
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size + int(fp), cfg.width)
         self.tok_dropout = nn.Dropout(cfg.token_dropout)
-        # one row per position: the class slot + seq_len - 1 token slots (official: max_seq_len + cls_num - 1)
-        self.abs_pe = nn.Parameter(torch.zeros(1, cfg.seq_len, cfg.width))
+        # one row per position (official: max_seq_len + cls_token_num - 1)
+        self.abs_pe = nn.Parameter(torch.zeros(1, self.max_len, cfg.width))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = RMSNorm(cfg.width, cfg.norm_eps)
         self.output = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
@@ -224,6 +236,11 @@ class LARPGenerator(nn.Module):
     def null_class(self) -> int:
         return self.cfg.num_classes
 
+    @property
+    def sep_id(self) -> int:
+        """Id of the SEP token ending a frame-prediction condition (the extra token-table row)."""
+        return self.cfg.vocab_size
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -237,15 +254,19 @@ class LARPGenerator(nn.Module):
     # ---------------------------------------------------------------------------------------------
     # training / teacher forcing
 
-    def _check_inputs(self, class_ids: Tensor, tokens: Tensor | None, max_tokens: int) -> None:
-        if class_ids.ndim != 1 or class_ids.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"class_ids: expected a 1-D integer tensor, got {tuple(class_ids.shape)} "
-                             f"{class_ids.dtype}")
+    def _check_inputs(self, condition: Tensor, tokens: Tensor | None, max_tokens: int) -> None:
+        integer = (torch.int32, torch.int64)
+        if self.cfg.frame_prediction:
+            if condition.ndim != 2 or condition.shape[1] != self.cfg.seq_len or condition.dtype not in integer:
+                raise ValueError(f"cond_tokens: expected an integer tensor (b, {self.cfg.seq_len}) (frame "
+                                 f"prediction), got {tuple(condition.shape)} {condition.dtype}")
+        elif condition.ndim != 1 or condition.dtype not in integer:
+            raise ValueError(f"class_ids: expected a 1-D integer tensor, got {tuple(condition.shape)} "
+                             f"{condition.dtype}")
         if tokens is None:
             return
-        integer = tokens.dtype in (torch.int32, torch.int64)
-        if tokens.ndim != 2 or tokens.shape[0] != class_ids.shape[0] or not integer:
-            raise ValueError(f"tokens: expected an integer tensor (b={class_ids.shape[0]}, n), "
+        if tokens.ndim != 2 or tokens.shape[0] != condition.shape[0] or tokens.dtype not in integer:
+            raise ValueError(f"tokens: expected an integer tensor (b={condition.shape[0]}, n), "
                              f"got {tuple(tokens.shape)} {tokens.dtype}")
         if tokens.shape[1] > max_tokens:
             raise ValueError(f"tokens: at most {max_tokens} tokens fit here (seq_len {self.cfg.seq_len}), "
@@ -254,35 +275,43 @@ class LARPGenerator(nn.Module):
     def _logits(self, h: Tensor) -> Tensor:
         return self.output(self.norm(h)).float()
 
-    def forward(self, class_ids: Tensor, tokens: Tensor) -> Tensor:
-        """Teacher-forced logits.
+    def embed_condition(self, condition: Tensor) -> Tensor:
+        """Condition -> (b, cond_len, width): the class embedding, or the condition tokens + SEP embedded."""
+        if self.cls_embedding is not None:
+            return self.cls_embedding(condition)[:, None]
+        sep = torch.full_like(condition[:, :1], self.sep_id)
+        return self.tok_embeddings(torch.cat([condition, sep], dim=1))
 
-        class_ids: (b,) in [0, num_classes] (num_classes = null class); tokens: (b, n) fed after the class,
-        n <= seq_len - 1. Returns float32 logits (b, n + 1, v); position i predicts token i. Training feeds
-        ``tokens[:, :-1]`` of a full sequence, giving (b, seq_len, v) aligned with the targets.
+    def forward(self, condition: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced logits of the tokens (the condition positions' outputs are not computed).
+
+        condition: class ids (b,) in [0, num_classes] (num_classes = null class), or frame-prediction
+        condition tokens (b, seq_len); tokens: (b, n) fed after the condition, n <= seq_len - 1. Returns
+        float32 logits (b, n + 1, v); row i predicts token i. Training feeds ``tokens[:, :-1]`` of a full
+        sequence, giving (b, seq_len, v) aligned with the targets.
         """
-        self._check_inputs(class_ids, tokens, self.cfg.seq_len - 1)
-        x = torch.cat([self.cls_embedding(class_ids)[:, None], self.tok_embeddings(tokens)], dim=1)
+        self._check_inputs(condition, tokens, self.cfg.seq_len - 1)
+        x = torch.cat([self.embed_condition(condition), self.tok_embeddings(tokens)], dim=1)
         h = self.tok_dropout(x) + self.abs_pe[:, : x.shape[1]]
         for block in self.layers:
             h = block(h)
-        return self._logits(h)
+        return self._logits(h[:, self.cond_len - 1 :])
 
-    def loss(self, class_ids: Tensor, tokens: Tensor) -> Tensor:
-        """Mean next-token cross-entropy of full sequences ``tokens`` (b, seq_len) given their classes."""
+    def loss(self, condition: Tensor, tokens: Tensor) -> Tensor:
+        """Mean next-token cross-entropy of full sequences ``tokens`` (b, seq_len) given their condition."""
         if tokens.ndim != 2 or tokens.shape[1] != self.cfg.seq_len:
             raise ValueError(f"tokens: expected (b, {self.cfg.seq_len}), got {tuple(tokens.shape)}")
-        logits = self(class_ids, tokens[:, :-1])
+        logits = self(condition, tokens[:, :-1])
         return F.cross_entropy(rearrange(logits, "b n v -> b v n"), tokens.long())
 
     # ---------------------------------------------------------------------------------------------
     # KV-cache inference
 
     def setup_cache(self, batch_size: int, *, dtype: torch.dtype | None = None) -> KVCache:
-        """Install a static cache for up to ``batch_size`` rows and all ``seq_len`` positions."""
+        """Install a static cache for up to ``batch_size`` rows and all ``max_len`` positions."""
         p = self.abs_pe
         c = self.cfg
-        self.cache = KVCache(c.depth, batch_size, c.heads, c.seq_len, c.width // c.heads,
+        self.cache = KVCache(c.depth, batch_size, c.heads, self.max_len, c.width // c.heads,
                              dtype or p.dtype, p.device)
         return self.cache
 
@@ -297,42 +326,45 @@ class LARPGenerator(nn.Module):
         self.cache.length = start + x.shape[1]
         return self._logits(h[:, -1])
 
-    def prefill(self, class_ids: Tensor, tokens: Tensor | None = None) -> Tensor:
-        """Start a generation: positions 0..n (class, then ``tokens`` (b, n) if given) go into the cache.
+    def prefill(self, condition: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """Start a generation: the condition (``cond_len`` positions), then ``tokens`` (b, n) if given, go
+        into the cache.
 
         Returns float32 logits (b, v) predicting token n (token 0 without a prefix).
         """
         if self.cache is None:
             raise RuntimeError("prefill: no KV cache installed; call setup_cache(batch_size) first")
-        self._check_inputs(class_ids, tokens, self.cfg.seq_len - 1)
-        if class_ids.shape[0] > self.cache.capacity:
-            raise ValueError(f"class_ids: batch {class_ids.shape[0]} exceeds the cache capacity "
+        self._check_inputs(condition, tokens, self.cfg.seq_len - 1)
+        if condition.shape[0] > self.cache.capacity:
+            name = "cond_tokens" if self.cfg.frame_prediction else "class_ids"
+            raise ValueError(f"{name}: batch {condition.shape[0]} exceeds the cache capacity "
                              f"{self.cache.capacity}")
-        self.cache.batch = class_ids.shape[0]
-        x = self.cls_embedding(class_ids)[:, None]
+        self.cache.batch = condition.shape[0]
+        x = self.embed_condition(condition)
         if tokens is not None:
             x = torch.cat([x, self.tok_embeddings(tokens)], dim=1)
         return self._step(x, 0)
 
     def decode_step(self, tokens: Tensor, pos: int) -> Tensor:
-        """Feed token z_{pos-1} (b,) at position ``pos`` (= the cache length); logits (b, v) of z_pos."""
+        """Feed token z_{i-1} (b,) at sequence position ``pos`` = cond_len + i - 1 (= the cache length);
+        logits (b, v) of z_i. Class-conditional: pos = i."""
         cache = self.cache
         if cache is None:
             raise RuntimeError("decode_step: no KV cache installed; call setup_cache and prefill first")
-        if pos != cache.length or not 1 <= pos < self.cfg.seq_len:
+        if pos != cache.length or not self.cond_len <= pos < self.max_len:
             raise ValueError(f"decode_step: pos must be the next free position {cache.length} "
-                             f"(< seq_len {self.cfg.seq_len}), got {pos}")
+                             f"(< {self.max_len} positions), got {pos}")
         if tokens.shape != (cache.batch,):
             raise ValueError(f"tokens: expected shape ({cache.batch},), got {tuple(tokens.shape)}")
         return self._step(self.tok_embeddings(tokens)[:, None], pos)
 
-    def generate(self, class_ids: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
+    def generate(self, condition: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: Randomness) -> Tensor:
         """Sample (b, seq_len) token ids with the KV cache; see :func:`larp.sample.generate`."""
         from larp.sample import generate  # sampling lives in its own module; imported late to avoid a cycle
 
-        return generate(self, class_ids, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
+        return generate(self, condition, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                         top_p=top_p, generator=generator)
 
 

@@ -1,8 +1,10 @@
-"""`larp train-ar`: the class-conditional AR generator's training task for the shared loop (LARP_SPEC.md 4.2).
+"""`larp train-ar`: the AR generator's training task for the shared loop (LARP_SPEC.md 4.2, 4.4).
 
-Sequence = [class embedding, z_0 .. z_1022] -> logits for z_0 .. z_1023 (cross-entropy, mean). AdamW (0.9, 0.95),
-weight decay on Linear weights only, cosine schedule with warm-up, bf16 autocast on GPU; class-label dropout
-(-> null class) and token dropout inside the model. Trains on the pre-tokenized clips of `larp tokenize`.
+Class-conditional: sequence = [class embedding, z_0 .. z_1022] -> logits for z_0 .. z_1023 (cross-entropy,
+mean). Frame prediction (``generator.frame_prediction``): sequence = [1024 condition tokens, SEP, z_0 .. z_1022]
+-> the same 1024 logits/targets; the batch is (condition tokens, clip tokens). AdamW (0.9, 0.95), weight decay
+on Linear weights only, cosine schedule with warm-up, bf16 autocast on GPU; class-label dropout (-> null
+class) and token dropout inside the model. Trains on the pre-tokenized clips of `larp tokenize`.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ METRICS = ("top1", "top5")
 class GeneratorTask:
     metric_names = METRICS
 
-    def __init__(self, params: Params, decode=None) -> None:
+    def __init__(self, params: Params, decode=None, sample_conditions: torch.Tensor | None = None) -> None:
         self.p = params
         self.model = LARPGenerator(params.generator)
         self.modules: dict[str, nn.Module] = {"generator": self.model}
         self.decode = decode  # ids -> video, for the periodic samples (None: tokens only)
+        # frame prediction: condition tokens (n, seq_len) of the periodic samples (None: no samples)
+        self.sample_conditions = sample_conditions
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         t = self.p.train_ar
@@ -46,8 +50,8 @@ class GeneratorTask:
         return [Phase("ar", self.loss)]
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepLoss:
-        labels, tokens = batch
-        logits = ctx.modules["generator"](labels, tokens[:, :-1])
+        condition, tokens = batch  # class ids (b,), or frame-prediction condition tokens (b, seq_len)
+        logits = ctx.modules["generator"](condition, tokens[:, :-1])
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
         with torch.no_grad():
             top5 = logits.topk(5, dim=-1).indices
@@ -57,13 +61,19 @@ class GeneratorTask:
 
     @torch.no_grad()
     def sample(self, step: int, directory: Path) -> None:
-        """A few class-conditional samples (one per class, cfg 1.0 as the official training-time samples)."""
+        """A few samples, cfg 1.0 as the official training-time samples: one per class, or (frame prediction)
+        one per row of ``sample_conditions``."""
         from larp.sample import sample_generators
 
-        n = min(8, self.p.generator.num_classes)
         device = next(self.model.parameters()).device
-        classes = torch.arange(n, device=device)
-        ids = self.model.generate(classes, cfg_scale=1.0, generator=sample_generators(self.p.sample.seed, range(n)))
+        if self.p.generator.frame_prediction:
+            if self.sample_conditions is None:
+                return
+            condition = self.sample_conditions[:8].to(device)
+        else:
+            condition = torch.arange(min(8, self.p.generator.num_classes), device=device)
+        n = len(condition)
+        ids = self.model.generate(condition, cfg_scale=1.0, generator=sample_generators(self.p.sample.seed, range(n)))
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(ids.cpu(), directory / f"tokens-{step:07d}.pt")
@@ -73,6 +83,9 @@ class GeneratorTask:
 
 def run_key(params: Params, tokens_dir: Path) -> str:
     relevant = {k: dataclasses.asdict(getattr(params, k)) for k in ("generator", "train_ar")}
+    if not params.generator.frame_prediction:  # class-conditional runs keep the keys they had before the FP fields
+        for key in ("frame_prediction", "cond_frames"):
+            relevant["generator"].pop(key)
     blob = json.dumps(relevant, sort_keys=True) + sha256_file(Path(tokens_dir) / "clips.csv")
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -83,13 +96,15 @@ def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, toke
     from larp.tokenize import TokenDataset
 
     tokens_dir, weights_out = Path(tokens_dir), Path(weights_out)
-    dataset = TokenDataset(tokens_dir)
-    if int(dataset.labels.max()) >= params.generator.num_classes:
+    fp = params.generator.frame_prediction
+    dataset = TokenDataset(tokens_dir, frame_prediction=fp)
+    if not fp and int(dataset.labels.max()) >= params.generator.num_classes:
         raise ValueError(f"{tokens_dir}: labels up to {int(dataset.labels.max())} but generator.num_classes is "
                          f"{params.generator.num_classes}")
-    if int(dataset.tokens.max()) >= params.generator.vocab_size:
-        raise ValueError(f"{tokens_dir}: token ids up to {int(dataset.tokens.max())} exceed generator.vocab_size "
-                         f"{params.generator.vocab_size}")
+    for name, ids in (("token", dataset.tokens), ("condition token", dataset.cond_tokens)):
+        if ids is not None and int(ids.max()) >= params.generator.vocab_size:
+            raise ValueError(f"{tokens_dir}: {name} ids up to {int(ids.max())} exceed generator.vocab_size "
+                             f"{params.generator.vocab_size}")
     decode = None
     if tokenizer_weights is not None:
         from larp.train.tokenizer import load_tokenizer
@@ -100,7 +115,9 @@ def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, toke
             return tok.to(ids.device).decode(ids)
 
     run_dir = Path(run_root or weights_out.parent / "runs") / f"ar-{run_key(params, tokens_dir)}"
-    train(lambda dev: GeneratorTask(params, decode), dataset, params.train_ar, run_dir, weights_out,
+    # frame prediction: periodic samples continue the first clips of the data (fixed, so comparable over time)
+    conditions = dataset.cond_tokens[:8].clone() if fp else None
+    train(lambda dev: GeneratorTask(params, decode, conditions), dataset, params.train_ar, run_dir, weights_out,
           device=device, progress=progress)
     atomic_write_json(run_dir / "done.json", {"weights": str(weights_out), "sha256": sha256_file(weights_out)})
     return run_dir
