@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/generator.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/frame_prediction.smk"
 include: "workflow/rules/released.smk"
 
 

@@ -45,7 +45,9 @@ def tiny(**overrides: dict) -> Params:
         "train_ar": {"max_steps": 4, "global_batch": 8, "micro_batch": 8, "checkpoint_every": 100,
                      "log_every": 1, "sample_every": None},
         "sample": {"batch_size": 2, "shards": [0, 1]},
-        "fvd": {"detector": "i3d-random", "num_clips": 3, "bootstrap": 5, "batch_size": 4,
+        "train_ar_fp": {"max_steps": 4, "global_batch": 8, "micro_batch": 8, "checkpoint_every": 100,
+                        "log_every": 1, "sample_every": None},
+        "fvd": {"detector": "i3d-random", "num_clips": 3, "fp_num_clips": 3, "bootstrap": 5, "batch_size": 4,
                 "rfvd_max_videos": 2, "lpips": False},
     }
     return micro_params(base, overrides)
@@ -257,3 +259,35 @@ def test_rfvd_reports_psnr_ssim_and_no_lpips_when_off(setup: dict, tmp_path: Pat
     tok = load_tokenizer(setup["tok"], params)
     recon = tok.decode(tok.encode(video)).clamp(0, 1)
     assert r["psnr"] == pytest.approx(float(psnr_per_video(recon, video).mean()), rel=1e-5)
+
+
+# ---- frame prediction ----
+
+
+def test_fp_sampling_and_fp_fvd(setup: dict, tmp_path: Path) -> None:
+    """FP chain at stage level: condition tokens, FP generator, sharded FP samples, FP-FVD at 64 x 64."""
+    from larp.config import frame_prediction_params
+    from larp.evaluate import fp_clips, fp_fvd, sample_fp_shard
+
+    params = setup["params"]
+    fp = frame_prediction_params(params)
+    tokenize_dataset(setup["frames"], setup["tok"], tmp_path / "tokens_fp", fp, device="cpu", progress=False)
+    assert (tmp_path / "tokens_fp" / "cond-00000.npy").is_file()
+    ar_fp = tmp_path / "ar_fp.safetensors"
+    train_generator(tmp_path / "tokens_fp", ar_fp, fp, progress=False)
+    samples = tmp_path / "samples_fp"
+    for k in (0, 1):
+        sample_fp_shard(setup["frames"], setup["tok"], ar_fp, k, samples / f"shard-{k}", params, progress=False)
+    refs = fp_clips(setup["frames"], params)
+    assert len(refs) == 3  # every clip of the held-out videos
+    table = pd.concat([pd.read_csv(samples / f"shard-{k}" / "samples.csv") for k in (0, 1)])
+    assert sorted(table["index"]) == [0, 1, 2] and list(table["video_id"]) == list(refs["video_id"])
+    videos = np.load(samples / "shard-0" / "videos.npy")
+    assert videos.dtype == np.uint8 and videos.shape[1:] == (16, 32, 32, 3)
+    out = tmp_path / "fvd_fp.json"
+    r = fp_fvd("embedded", setup["frames"], samples, out, params)
+    saved = json.loads(out.read_text())
+    assert saved["metric"] == "FP-FVD" and saved["n_generated"] == saved["n_real"] == 3
+    assert saved["protocol"]["detector_input_resolution"] == 64 and saved["protocol"]["cfg_scale"] == 1.0
+    assert saved["comparable_to_papers"] is False and np.isfinite(r["value"])
+    assert saved["checkpoints"] == {"tokenizer": sha256_file(setup["tok"]), "ar": sha256_file(ar_fp)}

@@ -21,14 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 ALL_STAGES = {"download", "extract", "train_tokenizer", "tokenize", "train_ar", "sample@0", "sample@1", "fvd",
-              "rfvd"}
+              "rfvd", "tokenize_fp", "train_ar_fp", "sample_fp@0", "sample_fp@1", "fvd_fp"}
 AFTER_TOKENIZER = ALL_STAGES - {"download", "extract"}
 
 FAST = {  # smaller counts, same code
     "embedded": {"num_classes": 4, "train_per_class": 2, "test_per_class": 1, "min_frames": 20, "max_frames": 32},
     "train_tokenizer": {"max_steps": 30, "checkpoint_every": 10},
     "train_ar": {"max_steps": 30, "checkpoint_every": 10},
-    "fvd": {"num_clips": 8, "bootstrap": 10},
+    "train_ar_fp": {"max_steps": 30, "checkpoint_every": 10},
+    "fvd": {"num_clips": 8, "fp_num_clips": 4, "bootstrap": 10},
 }
 
 
@@ -102,7 +103,7 @@ def test_snakemake_then_dvc_commit_is_clean(tmp_path):
     """Snakemake executes, DVC records: after `dvc commit -f`, `dvc repro` has nothing to do."""
     repo = make_repo(tmp_path / "repo")
     run(["snakemake", "--cores", "2"], repo)
-    for f in ("fvd_embedded.json", "rfvd_embedded.json"):
+    for f in ("fvd_embedded.json", "rfvd_embedded.json", "fvd_embedded_fp.json"):
         assert (repo / "results" / f).is_file()
     run(["dvc", "commit", "-f"], repo)
     assert "up to date" in run(["dvc", "status"], repo)

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=Path, required=True)
     p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer weights (.safetensors)")
     p.add_argument("--out", type=Path, required=True, help="tokens directory, e.g. data/tokens/ucf101")
+    p.add_argument("--fp", action="store_true", help="the frame-prediction variant (LARP-AR-FP)")
 
     p = sub.add_parser("train-ar", help="train the class-conditional AR generator; resumable")
     _common(p)
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer weights (for sample previews)")
     p.add_argument("--out", type=Path, required=True, help="weights file (.safetensors)")
     p.add_argument("--metrics", type=Path, required=True, help="training curves (CSV)")
+    p.add_argument("--fp", action="store_true", help="the frame-prediction variant (LARP-AR-FP)")
 
     p = sub.add_parser("sample", help="generate one shard of the gFVD protocol's class-conditional videos")
     _common(p)
@@ -69,12 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ar", type=Path, required=True, help="AR generator weights (.safetensors)")
     p.add_argument("--shard", type=int, required=True, help="shard index in sample.shards")
     p.add_argument("--out", type=Path, required=True, help="shard directory, e.g. data/samples/ucf101/shard-0")
+    p.add_argument("--fp", action="store_true", help="the frame-prediction variant (LARP-AR-FP)")
 
     p = sub.add_parser("fvd", help="gFVD of the sample shards against the protocol's real clips")
     _common(p)
     p.add_argument("--frames", type=Path, required=True)
     p.add_argument("--samples", type=Path, required=True, help="directory holding shard-*/")
     p.add_argument("--out", type=Path, required=True, help="result JSON, e.g. results/fvd_ucf101.json")
+    p.add_argument("--fp", action="store_true", help="the frame-prediction variant (LARP-AR-FP)")
 
     p = sub.add_parser("rfvd", help="reconstruction FVD / PSNR / SSIM / LPIPS of the tokenizer")
     _common(p)
@@ -144,13 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "train-tokenizer":
         stages.train_tokenizer(args.dataset, args.frames, args.out, args.metrics, params)
     elif args.command == "tokenize":
-        stages.tokenize(args.dataset, args.frames, args.tokenizer, args.out, params)
+        stages.tokenize(args.dataset, args.frames, args.tokenizer, args.out, params, fp=args.fp)
     elif args.command == "train-ar":
-        stages.train_ar(args.dataset, args.tokens, args.tokenizer, args.out, args.metrics, params)
+        stages.train_ar(args.dataset, args.tokens, args.tokenizer, args.out, args.metrics, params, fp=args.fp)
     elif args.command == "sample":
-        stages.sample(args.dataset, args.frames, args.tokenizer, args.ar, args.shard, args.out, params)
+        stages.sample(args.dataset, args.frames, args.tokenizer, args.ar, args.shard, args.out, params, fp=args.fp)
     elif args.command == "fvd":
-        stages.fvd(args.dataset, args.frames, args.samples, args.out, params)
+        stages.fvd(args.dataset, args.frames, args.samples, args.out, params, fp=args.fp)
     elif args.command == "rfvd":
         stages.rfvd(args.dataset, args.frames, args.tokenizer, args.out, params)
     elif args.command == "import-weights":

@@ -348,6 +348,8 @@ class FVDParams:
     bootstrap: int = 100  # bootstrap resamples for the confidence interval
     batch_size: int = 32
     lpips: bool = True  # rFVD also reports LPIPS-VGG (needs the VGG16 + LPIPS weights)
+    fp_num_clips: int = 50000  # FP-FVD: real clips drawn from the held-out (K600 val) split
+    fp_resolution: int = 64  # FP-FVD: generated and real clips are resized to this before the I3D
 
     def validate(self) -> None:
         _check(self.num_clips >= 2, "fvd.num_clips", "must be >= 2")
@@ -355,6 +357,8 @@ class FVDParams:
         _check(self.bootstrap >= 0, "fvd.bootstrap", "must be >= 0")
         _check(self.batch_size >= 1, "fvd.batch_size", "must be >= 1")
         _check(self.rfvd_max_videos is None or self.rfvd_max_videos >= 2, "fvd.rfvd_max_videos", "must be >= 2 or null")
+        _check(self.fp_num_clips >= 2, "fvd.fp_num_clips", "must be >= 2")
+        _check(self.fp_resolution >= 8, "fvd.fp_resolution", "must be >= 8")
 
 
 @dataclass
@@ -408,6 +412,9 @@ class Params:
     train_ar: TrainParams = field(default_factory=lambda: TrainParams(
         epochs=3000, warmup_epochs=4.0, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.05, global_batch=64,
         micro_batch=8, amp="bf16", seed=66667, checkpoint_every=2000, sample_every=20000))
+    train_ar_fp: TrainParams = field(default_factory=lambda: TrainParams(
+        epochs=75, warmup_epochs=1.0, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.05, global_batch=64,
+        micro_batch=8, amp="bf16", seed=66667, checkpoint_every=2000, sample_every=20000))
     sample: SampleParams = field(default_factory=SampleParams)
     fvd: FVDParams = field(default_factory=FVDParams)
     resources: ResourcesParams = field(default_factory=ResourcesParams)
@@ -433,12 +440,24 @@ class Params:
         if self.generator.frame_prediction:
             _check(self.generator.cond_frames < self.data.frames, "generator.cond_frames",
                    f"must be < data.frames ({self.data.frames}) for frame prediction, got {self.generator.cond_frames}")
+        _check(self.fvd.fp_num_clips >= len(self.sample.shards), "sample.shards",
+               f"{len(self.sample.shards)} sampling shards for fvd.fp_num_clips={self.fvd.fp_num_clips} clips")
         _check(self.fvd.num_clips >= len(self.sample.shards), "sample.shards",
                f"{len(self.sample.shards)} sampling shards for fvd.num_clips={self.fvd.num_clips} clips: "
                "some shards would be empty")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def frame_prediction_params(params: Params) -> Params:
+    """The frame-prediction variant of a run: the same generator sizes with ``frame_prediction`` on, trained
+    with ``train_ar_fp`` (LARP_SPEC.md section 4.4: 75 epochs, 1 warm-up epoch)."""
+    out = copy.deepcopy(params)
+    out.generator = dataclasses.replace(out.generator, frame_prediction=True)
+    out.train_ar = out.train_ar_fp
+    out.validate()
+    return out
 
 
 def _paper() -> Params:
@@ -467,9 +486,13 @@ def _tiny() -> Params:
             epochs=1, max_steps=300, warmup_epochs=0.0, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.05,
             global_batch=16, micro_batch=16, amp="bf16", compile=False, seed=66667, num_workers=0,
             checkpoint_every=100, log_every=10, sample_every=100),
+        train_ar_fp=TrainParams(
+            epochs=1, max_steps=200, warmup_epochs=0.0, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.05,
+            global_batch=16, micro_batch=16, amp="bf16", compile=False, seed=66667, num_workers=0,
+            checkpoint_every=100, log_every=10, sample_every=100),
         sample=SampleParams(cfg_scale=1.25, batch_size=16, shards=(0, 1), dtype="fp32"),
         fvd=FVDParams(detector="i3d-random", num_clips=40, rfvd_max_videos=None, bootstrap=20, batch_size=8,
-                      lpips=False),
+                      lpips=False, fp_num_clips=12, fp_resolution=64),
         resources=ResourcesParams(**{
             name: StageResources(gpus=1 if name in ("train_tokenizer", "train_ar", "tokenize", "sample") else 0,
                                  cpus=1, mem_mb=2000, runtime=30)

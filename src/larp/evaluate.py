@@ -266,3 +266,128 @@ def rfvd(dataset: str, frames_dir: Path, tokenizer_weights: Path, out: Path, par
     result["provenance"] = provenance(params)
     atomic_write_json(out, result)
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# frame prediction (LARP_SPEC.md sections 4.4 and 6.4)
+
+
+def fp_clips(frames_dir: Path, params: Params) -> pd.DataFrame:
+    """The FP-FVD protocol's real clips: ``fvd.fp_num_clips`` drawn with ``fvd.clip_seed`` from all
+    non-overlapping clips of the held-out videos (K600 val; the split's test list for other datasets)."""
+    from larp.eval.protocols import fp_fvd_clips
+
+    table = FrameStore(frames_dir).table
+    return fp_fvd_clips(table, frames=params.data.frames, num_clips=params.fvd.fp_num_clips,
+                        seed=params.fvd.clip_seed, split="val")
+
+
+def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
+                    params: Params, *, progress: bool = True) -> None:
+    """Shard ``shard`` of the FP-FVD set: each sample continues the first ``generator.cond_frames`` frames of
+    its real clip (repeated to 16 frames, tokenized, + SEP); the whole clip is generated (no CFG). Each shard
+    generates only its own slice (the official code gave every parallel job the total count)."""
+    from larp.config import frame_prediction_params
+    from larp.eval.protocols import fp_fvd_shard
+    from larp.sample import DTYPES, sample_videos
+    from larp.tokenize import fp_condition
+    from larp.train.generator import load_generator
+    from larp.train.tokenizer import load_tokenizer
+
+    t0 = time.time()
+    params = frame_prediction_params(params)
+    out_dir = Path(out_dir)
+    clips = fp_clips(frames_dir, params)
+    part = fp_fvd_shard(clips, shard, len(params.sample.shards))
+    device = _device()
+    gen = load_generator(ar_weights, params, device)
+    tok = load_tokenizer(tokenizer_weights, params, device)
+    reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
+    pairs = []
+    for r in tqdm(part.itertuples(), total=len(part), desc="conditions", disable=not progress):
+        video = reader.read_clip(int(r.row), int(r.start))[None].to(device)
+        with torch.no_grad():  # the official sampler runs the tokenizer in fp32 here
+            cond = tok.encode(fp_condition(video, params.generator.cond_frames))[0]
+        pairs.append((int(r.index), cond))
+    s = params.sample
+    dtype = DTYPES[s.dtype] if device.type == "cuda" else torch.float32
+    res = sample_videos(gen, lambda ids: tok.decode(ids).float(), pairs, cfg_scale=1.0,
+                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed,
+                        batch_size=s.batch_size, device=device, dtype=dtype, progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "videos.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, res.videos)
+    table = pd.DataFrame({"index": part["index"], "video_id": part["video_id"], "start": part["start"],
+                          "nll": res.nll})
+    with atomic_path(out_dir / "samples.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if len(res.videos):
+        grid_png(res.videos[:8], out_dir / "grid.png")
+        write_mp4(res.videos[0], out_dir / f"sample-{int(part['index'].iloc[0]):06d}.mp4")
+    atomic_write_json(out_dir / "sample.json", provenance(
+        {"sample": dataclasses.asdict(s), "cond_frames": params.generator.cond_frames},
+        inputs={"tokenizer": sha256_file(tokenizer_weights), "ar": sha256_file(ar_weights)},
+        shard=shard, num_shards=len(s.shards), indices=[int(part["index"].min()), int(part["index"].max()) + 1],
+        num_samples=len(part), clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))
+
+
+def _resized(videos, size: int):
+    from larp.eval.protocols import resize_to
+
+    for v in videos:
+        yield resize_to(v[None].float() / 255.0 if v.dtype == torch.uint8 else v[None], size)[0]
+
+
+def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,
+           cache_dir: Path | None = None, progress: bool = True) -> dict:
+    """FP-FVD: generated vs real clips, both resized to ``fvd.fp_resolution`` before the I3D."""
+    t0 = time.time()
+    frames_dir, samples_dir, out = Path(frames_dir), Path(samples_dir), Path(out)
+    refs = fp_clips(frames_dir, params)
+    shards = sorted(p for p in samples_dir.glob("shard-*") if p.is_dir())
+    if len(shards) != len(params.sample.shards):
+        raise ValueError(f"{samples_dir}: found {len(shards)} shard directories, sample.shards expects "
+                         f"{len(params.sample.shards)}")
+    tables = [pd.read_csv(s / "samples.csv") for s in shards]
+    got = np.concatenate([t["index"].to_numpy() for t in tables])
+    if sorted(got.tolist()) != list(range(len(refs))):
+        raise ValueError(f"{samples_dir}: the shards hold {len(got)} samples, not exactly indices 0..{len(refs) - 1}")
+    metas = [json.loads((s / "sample.json").read_text()) for s in shards]
+    if any(m["clips_hash"] != clips_hash(refs) or m["inputs"] != metas[0]["inputs"] for m in metas):
+        raise ValueError(f"{samples_dir}: the shards come from another protocol or other checkpoints")
+    size = params.fvd.fp_resolution
+    detector = load_detector(params.fvd.detector, device=_device())
+    key = hashlib.sha256(json.dumps({"clips": clips_hash(refs), "videos": sha256_file(frames_dir / "videos.csv"),
+                                     "detector": detector.sha256, "resize": size}, sort_keys=True).encode())
+    cache = Path(cache_dir or frames_dir.parent.parent / "fvd_cache") / f"real-fp-{key.hexdigest()[:20]}.npy"
+    if cache.is_file():
+        real = load_features(cache)
+    else:
+        reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
+        videos = (reader.read_clip(int(r.row), int(r.start)) for r in refs.itertuples())
+        real = compute_features(detector, _resized(videos, size), batch_size=params.fvd.batch_size,
+                                progress=progress)
+        save_features(cache, real)
+    parts = []
+    for s in tqdm(shards, desc="generated features", disable=not progress):
+        videos = np.load(s / "videos.npy", mmap_mode="r")
+        parts.append(compute_features(
+            detector, _resized((rearrange(torch.from_numpy(np.array(v)), "t h w c -> c t h w") for v in videos), size),
+            batch_size=params.fvd.batch_size, progress=False))
+    gen = np.concatenate(parts)[np.argsort(got)]
+    report = fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
+    result = {
+        "metric": "FP-FVD", "dataset": dataset, "value": report["fvd"],
+        "ci95": [report["bootstrap"]["ci_low"], report["bootstrap"]["ci_high"]] if "bootstrap" in report else None,
+        "n_generated": report["n_gen"], "n_real": report["n_real"], "fvd": report,
+        "protocol": {"name": "FP-FVD frame prediction", "real_clips": "non-overlapping clips of the held-out videos",
+                     "num_clips": params.fvd.fp_num_clips, "seed": params.fvd.clip_seed,
+                     "cond_frames": params.generator.cond_frames, "detector_input_resolution": size,
+                     "cfg_scale": 1.0, "temperature": params.sample.temperature},
+        "nll_sampled": float(np.concatenate([t["nll"].to_numpy() for t in tables]).mean()),
+        "checkpoints": metas[0]["inputs"], "real_features_cache": str(cache),
+        **_result_common(detector, params, refs, t0),
+    }
+    result["provenance"] = provenance(params)
+    atomic_write_json(out, result)
+    return result

@@ -86,41 +86,51 @@ def train_tokenizer(dataset: str, frames: Path, out: Path, metrics: Path, params
         shutil.copyfile(run_dir / "metrics.csv", metrics)
 
 
-def tokenize(dataset: str, frames: Path, tokenizer: Path, out: Path, params: Params) -> None:
-    """`larp tokenize`: token ids of every training clip (all offsets at clip_stride, both flips)."""
+def _variant(params: Params, fp: bool) -> Params:
+    from larp.config import frame_prediction_params
+
+    return frame_prediction_params(params) if fp else params
+
+
+def tokenize(dataset: str, frames: Path, tokenizer: Path, out: Path, params: Params, fp: bool = False) -> None:
+    """`larp tokenize`: token ids of every training clip (all offsets at clip_stride, both flips); with
+    ``fp`` also the condition tokens of frame prediction."""
     from larp.tokenize import tokenize_dataset
 
-    tokenize_dataset(Path(frames), Path(tokenizer), Path(out), params)
+    tokenize_dataset(Path(frames), Path(tokenizer), Path(out), _variant(params, fp))
 
 
-def train_ar(dataset: str, tokens: Path, tokenizer: Path, out: Path, metrics: Path, params: Params) -> None:
-    """`larp train-ar`: the class-conditional AR generator on the pre-tokenized clips."""
+def train_ar(dataset: str, tokens: Path, tokenizer: Path, out: Path, metrics: Path, params: Params,
+             fp: bool = False) -> None:
+    """`larp train-ar`: the class-conditional (or, with ``fp``, frame-prediction) AR generator."""
     import shutil
 
     from larp.train.generator import train_generator
 
     _launch_torchrun_if_multi_gpu()
-    run_dir = train_generator(Path(tokens), Path(out), params, tokenizer_weights=Path(tokenizer))
+    run_dir = train_generator(Path(tokens), Path(out), _variant(params, fp), tokenizer_weights=Path(tokenizer))
     if _is_main():
         metrics = Path(metrics)
         metrics.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / "metrics.csv", metrics)
 
 
-def sample(dataset: str, frames: Path, tokenizer: Path, ar: Path, shard: int, out: Path, params: Params) -> None:
-    """`larp sample`: one shard of the gFVD protocol's class-conditional videos."""
-    from larp.evaluate import sample_shard
+def sample(dataset: str, frames: Path, tokenizer: Path, ar: Path, shard: int, out: Path, params: Params,
+           fp: bool = False) -> None:
+    """`larp sample`: one shard of the gFVD protocol's class-conditional videos (``fp``: of FP-FVD's
+    frame-prediction videos)."""
+    from larp.evaluate import sample_fp_shard, sample_shard
 
-    sample_shard(Path(frames), Path(tokenizer), Path(ar), shard, Path(out), params)
+    (sample_fp_shard if fp else sample_shard)(Path(frames), Path(tokenizer), Path(ar), shard, Path(out), params)
 
 
-def fvd(dataset: str, frames: Path, samples: Path, out: Path, params: Params) -> None:
-    """`larp fvd`: gFVD of the merged sample shards against the protocol's real clips (+ bootstrap CI)."""
-    from larp.evaluate import gfvd
+def fvd(dataset: str, frames: Path, samples: Path, out: Path, params: Params, fp: bool = False) -> None:
+    """`larp fvd`: gFVD (``fp``: FP-FVD) of the merged sample shards against the protocol's real clips."""
+    from larp.evaluate import fp_fvd, gfvd
 
-    r = gfvd(dataset, Path(frames), Path(samples), Path(out), params)
+    r = (fp_fvd if fp else gfvd)(dataset, Path(frames), Path(samples), Path(out), params)
     ci = f" (95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})" if r["ci95"] else ""
-    print(f"gFVD {dataset}: {r['value']:.2f}{ci}, {r['n_generated']} vs {r['n_real']} clips, "
+    print(f"{r['metric']} {dataset}: {r['value']:.2f}{ci}, {r['n_generated']} vs {r['n_real']} clips, "
           f"detector {r['detector']['detector']}" + ("" if r["comparable_to_papers"] else " [not comparable to papers]"))
 
 

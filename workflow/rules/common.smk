@@ -57,6 +57,11 @@ def sample_shards(wildcards):
     return [f"data/samples/{wildcards.dataset}/shard-{k}" for k in shards]
 
 
+def sample_fp_shards(wildcards):
+    shards = resolved(wildcards.dataset).sample.shards
+    return [f"data/samples_fp/{wildcards.dataset}/shard-{k}" for k in shards]
+
+
 def default_targets():
     ds = config.get("dataset", "embedded")
-    return [f"results/fvd_{ds}.json", f"results/rfvd_{ds}.json"]
+    return [f"results/fvd_{ds}.json", f"results/rfvd_{ds}.json", f"results/fvd_{ds}_fp.json"]
