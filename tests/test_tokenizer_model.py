@@ -15,17 +15,11 @@ from larp.models import Discriminator, LARPTokenizer
 from larp.models.layers import PatchEmbed3D, sincos_1d, sincos_2d, sincos_3d
 
 # the key list is project documentation; look for it in the test data first, then in the shared notes
-KEY_FILES = (
-    Path(__file__).parent / "data" / "official_state_dict_keys.txt",
-    Path(__file__).resolve().parents[1] / "shared" / "official_state_dict_keys.txt",
-    Path("/work/shared/official_state_dict_keys.txt"),
-)
+KEY_FILE = Path(__file__).parent / "data" / "official_state_dict_keys.txt"  # names + shapes, test data
 
 
 def official_keys(section: str) -> dict[str, tuple[tuple[int, ...], str]]:
-    path = next((p for p in KEY_FILES if p.is_file()), None)
-    if path is None:
-        pytest.skip("official_state_dict_keys.txt not available")
+    path = KEY_FILE
     rows, current = {}, ""
     for line in path.read_text().splitlines():
         if line.startswith("## "):

@@ -69,10 +69,7 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
     t0 = time.time()
     out_dir = Path(out_dir)
     clips = gfvd_clips(frames_dir, params)
-    idx = shard_range(len(clips), shard, len(params.sample.shards))
-    if not len(idx):
-        raise ValueError(f"sample shard {shard} would hold no samples: fvd.num_clips ({len(clips)}) is smaller "
-                         f"than the number of sample.shards ({len(params.sample.shards)})")
+    idx = shard_range(len(clips), shard, len(params.sample.shards))  # non-empty: Params.validate checks it
     pairs = [(i, int(clips["label"].iloc[i])) for i in idx]
     device = _device()
     gen = load_generator(ar_weights, params, device)
