@@ -249,7 +249,7 @@ def test_read_checkpoint_forms(tmp_path):
     assert torch.equal(read_checkpoint(tmp_path / "wrapped.pt")["a"], state["a"])
     with pytest.raises(ConversionError, match="model.safetensors"):
         read_checkpoint(tmp_path)  # no model.safetensors / pytorch_model.bin in it
-    with pytest.raises(ConversionError, match="huggingface-cli download hywang66/LARP-L-long-AR"):
+    with pytest.raises(ConversionError, match="hf download hywang66/LARP-L-long-AR"):
         resolve_source(tmp_path / "nowhere", "ar")
 
 

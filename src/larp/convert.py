@@ -246,33 +246,23 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
 
 def _download_instructions(repo: str, kind: str) -> str:
     return (
-        f"download it on a machine with internet: `huggingface-cli download {repo} --local-dir "
+        f"download it on a machine with internet: `hf download {repo} --local-dir "
         f"data/released/{kind}` (or fetch https://huggingface.co/{repo}/resolve/main/model.safetensors into "
         f"data/released/{kind}/) and pass --src data/released/{kind}"
     )
 
 
 def fetch_released(repo: str, kind: str) -> Path:
-    """``model.safetensors`` of a hub repo: via ``huggingface_hub`` when installed, else a plain HTTPS
-    download into ``$LARP_CACHE/released/<repo>/``. Offline (``LARP_OFFLINE=1`` / ``HF_HUB_OFFLINE=1``):
+    """``model.safetensors`` of a hub repo, fetched with ``huggingface_hub`` into its cache.
+
+    Offline (``LARP_OFFLINE=1`` / ``HF_HUB_OFFLINE=1``):
     a clear error saying where to put the file."""
-    from larp.weights import cache_dir, offline
+    from larp.weights import offline
 
     if offline() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
         raise ConversionError(f"offline: cannot fetch {repo}; " + _download_instructions(repo, kind))
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        from larp.download import DownloadError, download_file
+    from huggingface_hub import hf_hub_download  # lazily: only this path needs it
 
-        dest = cache_dir() / "released" / repo / "model.safetensors"
-        if dest.is_file():
-            return dest
-        url = f"https://huggingface.co/{repo}/resolve/main/model.safetensors"
-        try:
-            return download_file(url, dest, sha256=None)
-        except DownloadError as e:
-            raise ConversionError(f"{url}: {e}; " + _download_instructions(repo, kind)) from e
     try:
         return Path(hf_hub_download(repo_id=repo, filename="model.safetensors"))
     except Exception as e:  # network/auth errors of huggingface_hub have many types

@@ -2,8 +2,8 @@
 # dvc.yaml builds the configured dataset's own pipeline):
 #   snakemake --profile slurm results/fvd_ucf101_released.json results/rfvd_ucf101_released.json
 # The weights come from the Hugging Face hub. Offline, download them first (model.safetensors + config.json):
-#   huggingface-cli download hywang66/LARP-L-long-tokenizer --local-dir data/released/tokenizer
-#   huggingface-cli download hywang66/LARP-L-long-AR --local-dir data/released/ar
+#   hf download hywang66/LARP-L-long-tokenizer --local-dir data/released/tokenizer
+#   hf download hywang66/LARP-L-long-AR --local-dir data/released/ar
 # When data/released/<kind> exists it is the source; otherwise `larp import-weights` fetches hf:<repo>.
 import os
 
