@@ -19,6 +19,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -106,20 +107,79 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
 
 
 def _real_features(frames_dir: Path, refs: pd.DataFrame, detector, params: Params, cache_dir: Path,
-                   progress: bool) -> tuple[np.ndarray, str]:
-    """Detector features of the real clips, cached under a hash of protocol + data + detector."""
+                   progress: bool, resize: int | None = None) -> tuple[np.ndarray, str]:
+    """Detector features of the real clips (resized to ``resize`` first if given), cached under a hash of
+    protocol + data + detector + resize."""
     key = hashlib.sha256(json.dumps({
         "clips": clips_hash(refs), "videos": sha256_file(Path(frames_dir) / "videos.csv"),
-        "detector": detector.sha256, "frames": params.data.frames, "size": params.data.size,
+        "detector": detector.sha256, "frames": params.data.frames, "size": params.data.size, "resize": resize,
     }, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"real-{key}.npy"
     if path.is_file():
         return load_features(path), str(path)
     reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
     videos = (reader.read_clip(int(r.row), int(r.start)) for r in refs.itertuples())
-    feats = compute_features(detector, videos, batch_size=params.fvd.batch_size, progress=progress)
+    feats = compute_features(detector, _resized(videos, resize), batch_size=params.fvd.batch_size,
+                             progress=progress)
     save_features(path, feats)
     return feats, str(path)
+
+
+def _resized(videos, size: int | None):
+    """Float (c, t, h, w) videos (uint8 ones are scaled to [0, 1]), resized to size x size when given."""
+    from larp.eval.protocols import resize_to
+
+    for v in videos:
+        v = v.float() / 255.0 if v.dtype == torch.uint8 else v
+        yield v if size is None else resize_to(v[None], size)[0]
+
+
+class _Shards(NamedTuple):
+    dirs: list[Path]
+    tables: list[pd.DataFrame]  # samples.csv of each shard
+    order: np.ndarray  # permutation putting the concatenated shard rows in sample-index order
+    inputs: dict  # the checkpoint hashes every shard was sampled from
+
+
+def _load_shards(samples_dir: Path, refs: pd.DataFrame, params: Params) -> _Shards:
+    """The sample shards of one protocol, checked: all of ``sample.shards`` present, exactly the indices
+    0..n-1, the same protocol (clip hash), the same checkpoints, and the current sample parameters (the
+    result reports one pair of checkpoints and those settings; batch_size aside, each sample has its own
+    seeded stream)."""
+    dirs = sorted(p for p in samples_dir.glob("shard-*") if p.is_dir())
+    if len(dirs) != len(params.sample.shards):
+        raise ValueError(f"{samples_dir}: found {len(dirs)} shard directories, sample.shards expects "
+                         f"{len(params.sample.shards)}")
+    tables = [pd.read_csv(d / "samples.csv") for d in dirs]
+    got = np.concatenate([t["index"].to_numpy() for t in tables])
+    if sorted(got.tolist()) != list(range(len(refs))):
+        raise ValueError(f"{samples_dir}: the shards hold {len(got)} samples, not exactly indices 0..{len(refs) - 1}")
+    metas = [json.loads((d / "sample.json").read_text()) for d in dirs]
+    want = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(params.sample).items() if k != "batch_size"}))
+    for d, m in zip(dirs, metas):
+        if m["clips_hash"] != clips_hash(refs):
+            raise ValueError(f"{samples_dir}: a shard was generated for another protocol (clips hash differs)")
+        if m["inputs"] != metas[0]["inputs"]:
+            raise ValueError(f"{d}: sampled from other checkpoints ({m['inputs']}) than {dirs[0].name} "
+                             f"({metas[0]['inputs']}); re-run `larp sample` for every shard")
+        used = {k: v for k, v in m["params"]["sample"].items() if k != "batch_size"}
+        if used != want:
+            diff = sorted(k for k in want if used.get(k) != want[k])
+            then, now = ({k: x.get(k) for k in diff} for x in (used, want))
+            raise ValueError(f"{d}: sampled with other sample params {diff} ({then}) than the current ones ({now})")
+    return _Shards(dirs, tables, np.argsort(got), metas[0]["inputs"])
+
+
+def _generated_features(detector, shards: _Shards, params: Params, progress: bool,
+                        resize: int | None = None) -> np.ndarray:
+    """Detector features of every shard's videos, in sample-index order."""
+    parts = []
+    for d in tqdm(shards.dirs, desc="generated features", disable=not progress):
+        videos = np.load(d / "videos.npy", mmap_mode="r")
+        clips = (rearrange(torch.from_numpy(np.array(v)), "t h w c -> c t h w") for v in videos)
+        parts.append(compute_features(detector, _resized(clips, resize), batch_size=params.fvd.batch_size,
+                                      progress=False))
+    return np.concatenate(parts)[shards.order]
 
 
 def _append_report(path: Path, row: dict) -> None:
@@ -150,43 +210,13 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
     t0 = time.time()
     frames_dir, samples_dir, out = Path(frames_dir), Path(samples_dir), Path(out)
     refs = gfvd_clips(frames_dir, params)
-    shards = sorted(p for p in samples_dir.glob("shard-*") if p.is_dir())
-    if len(shards) != len(params.sample.shards):
-        raise ValueError(f"{samples_dir}: found {len(shards)} shard directories, sample.shards expects "
-                         f"{len(params.sample.shards)}")
-    tables = [pd.read_csv(s / "samples.csv") for s in shards]
-    got = np.concatenate([t["index"].to_numpy() for t in tables])
-    if sorted(got.tolist()) != list(range(len(refs))):
-        raise ValueError(f"{samples_dir}: the shards hold {len(got)} samples, not exactly indices 0..{len(refs) - 1}")
-    metas = [json.loads((s / "sample.json").read_text()) for s in shards]
-    # the result reports one pair of checkpoints and the current sampling settings: every shard must match them
-    # (batch_size aside: each sample has its own seeded stream)
-    want = {k: v for k, v in dataclasses.asdict(params.sample).items() if k != "batch_size"}
-    want = json.loads(json.dumps(want))
-    for s, m in zip(shards, metas):
-        if m["clips_hash"] != clips_hash(refs):
-            raise ValueError(f"{samples_dir}: a shard was generated for another protocol (clips hash differs)")
-        if m["inputs"] != metas[0]["inputs"]:
-            raise ValueError(f"{s}: sampled from other checkpoints ({m['inputs']}) than {shards[0].name} "
-                             f"({metas[0]['inputs']}); re-run `larp sample` for every shard")
-        used = {k: v for k, v in m["params"]["sample"].items() if k != "batch_size"}
-        if used != want:
-            diff = sorted(k for k in want if used.get(k) != want[k])
-            then, now = ({k: d.get(k) for k in diff} for d in (used, want))
-            raise ValueError(f"{s}: sampled with other sample params {diff} ({then}) than the current ones ({now})")
+    shards = _load_shards(samples_dir, refs, params)
     detector = load_detector(params.fvd.detector, device=_device())
     real, real_cache = _real_features(frames_dir, refs, detector, params,
                                       cache_dir or frames_dir.parent.parent / "fvd_cache", progress)
-    gen_parts = []
-    for s in tqdm(shards, desc="generated features", disable=not progress):
-        videos = np.load(s / "videos.npy", mmap_mode="r")
-        gen_parts.append(compute_features(
-            detector, (rearrange(torch.from_numpy(np.array(v)), "t h w c -> c t h w") for v in videos),
-            batch_size=params.fvd.batch_size, progress=False))
-    order = np.argsort(got)
-    gen = np.concatenate(gen_parts)[order]
+    gen = _generated_features(detector, shards, params, progress)
     report = fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
-    nll = float(np.concatenate([t["nll"].to_numpy() for t in tables]).mean())
+    nll = float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean())
     result = {
         "metric": "gFVD", "dataset": dataset, "value": report["fvd"],
         "ci95": [report["bootstrap"]["ci_low"], report["bootstrap"]["ci_high"]] if "bootstrap" in report else None,
@@ -196,14 +226,14 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
                      "cfg_scale": params.sample.cfg_scale, "temperature": params.sample.temperature,
                      "top_k": params.sample.top_k, "top_p": params.sample.top_p},
         "nll_sampled": nll,
-        "checkpoints": metas[0]["inputs"],
+        "checkpoints": shards.inputs,
         "real_features_cache": real_cache,
         **_result_common(detector, params, refs, t0),
     }
     result["provenance"] = provenance(params)
     atomic_write_json(out, result)
     _append_report(out.parent / "fvd_report.csv", {
-        "dataset": dataset, "ar_model": metas[0]["inputs"]["ar"][:12], "tokenizer": metas[0]["inputs"]["tokenizer"][:12],
+        "dataset": dataset, "ar_model": shards.inputs["ar"][:12], "tokenizer": shards.inputs["tokenizer"][:12],
         "num_samples": report["n_gen"], "cfg_scale": params.sample.cfg_scale,
         "temperature": params.sample.temperature, "top_k": params.sample.top_k, "top_p": params.sample.top_p,
         "dtype": params.sample.dtype, "NLL_sampled": f"{nll:.4f}", "fvd": f"{report['fvd']:.4f}",
@@ -328,50 +358,18 @@ def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path,
         num_samples=len(part), clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))
 
 
-def _resized(videos, size: int):
-    from larp.eval.protocols import resize_to
-
-    for v in videos:
-        yield resize_to(v[None].float() / 255.0 if v.dtype == torch.uint8 else v[None], size)[0]
-
-
 def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,
            cache_dir: Path | None = None, progress: bool = True) -> dict:
     """FP-FVD: generated vs real clips, both resized to ``fvd.fp_resolution`` before the I3D."""
     t0 = time.time()
     frames_dir, samples_dir, out = Path(frames_dir), Path(samples_dir), Path(out)
     refs = fp_clips(frames_dir, params)
-    shards = sorted(p for p in samples_dir.glob("shard-*") if p.is_dir())
-    if len(shards) != len(params.sample.shards):
-        raise ValueError(f"{samples_dir}: found {len(shards)} shard directories, sample.shards expects "
-                         f"{len(params.sample.shards)}")
-    tables = [pd.read_csv(s / "samples.csv") for s in shards]
-    got = np.concatenate([t["index"].to_numpy() for t in tables])
-    if sorted(got.tolist()) != list(range(len(refs))):
-        raise ValueError(f"{samples_dir}: the shards hold {len(got)} samples, not exactly indices 0..{len(refs) - 1}")
-    metas = [json.loads((s / "sample.json").read_text()) for s in shards]
-    if any(m["clips_hash"] != clips_hash(refs) or m["inputs"] != metas[0]["inputs"] for m in metas):
-        raise ValueError(f"{samples_dir}: the shards come from another protocol or other checkpoints")
+    shards = _load_shards(samples_dir, refs, params)
     size = params.fvd.fp_resolution
     detector = load_detector(params.fvd.detector, device=_device())
-    key = hashlib.sha256(json.dumps({"clips": clips_hash(refs), "videos": sha256_file(frames_dir / "videos.csv"),
-                                     "detector": detector.sha256, "resize": size}, sort_keys=True).encode())
-    cache = Path(cache_dir or frames_dir.parent.parent / "fvd_cache") / f"real-fp-{key.hexdigest()[:20]}.npy"
-    if cache.is_file():
-        real = load_features(cache)
-    else:
-        reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
-        videos = (reader.read_clip(int(r.row), int(r.start)) for r in refs.itertuples())
-        real = compute_features(detector, _resized(videos, size), batch_size=params.fvd.batch_size,
-                                progress=progress)
-        save_features(cache, real)
-    parts = []
-    for s in tqdm(shards, desc="generated features", disable=not progress):
-        videos = np.load(s / "videos.npy", mmap_mode="r")
-        parts.append(compute_features(
-            detector, _resized((rearrange(torch.from_numpy(np.array(v)), "t h w c -> c t h w") for v in videos), size),
-            batch_size=params.fvd.batch_size, progress=False))
-    gen = np.concatenate(parts)[np.argsort(got)]
+    real, cache = _real_features(frames_dir, refs, detector, params,
+                                 cache_dir or frames_dir.parent.parent / "fvd_cache", progress, resize=size)
+    gen = _generated_features(detector, shards, params, progress, resize=size)
     report = fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
     result = {
         "metric": "FP-FVD", "dataset": dataset, "value": report["fvd"],
@@ -381,8 +379,8 @@ def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params:
                      "num_clips": params.fvd.fp_num_clips, "seed": params.fvd.clip_seed,
                      "cond_frames": params.generator.cond_frames, "detector_input_resolution": size,
                      "cfg_scale": 1.0, "temperature": params.sample.temperature},
-        "nll_sampled": float(np.concatenate([t["nll"].to_numpy() for t in tables]).mean()),
-        "checkpoints": metas[0]["inputs"], "real_features_cache": str(cache),
+        "nll_sampled": float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean()),
+        "checkpoints": shards.inputs, "real_features_cache": cache,
         **_result_common(detector, params, refs, t0),
     }
     result["provenance"] = provenance(params)
