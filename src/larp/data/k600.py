@@ -41,7 +41,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from larp.data.archives import extract_tar
-from larp.data.index import COLUMNS, probe_videos, write_index
+from larp.data.index import COLUMNS, probe_videos, read_index, write_index
 from larp.download import download_file
 from larp.files import atomic_write_json, sha256_file
 
@@ -271,17 +271,6 @@ def check_clips(paths: list[Path], workers: int | None = None,
 # the stage
 
 
-def _read_k600_index(path: Path) -> pd.DataFrame:
-    """index.csv as written by :func:`download_k600` (group/clip are empty, hence nullable Int64)."""
-    dtypes = {"video_id": "string", "path": "string", "class_name": "string", "label": "int64",
-              "group": "Int64", "clip": "Int64", "split1": "string", "split2": "string", "split3": "string",
-              "num_frames": "Int64", "fps": "Float64", "width": "Int64", "height": "Int64"}
-    df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in dtypes})
-    if list(df.columns) != COLUMNS:
-        raise ValueError(f"{path}: columns must be {COLUMNS}, got {list(df.columns)}")
-    return df
-
-
 def _already_complete(out_dir: Path, splits: tuple[str, ...], lists: dict[str, str],
                       max_bad_fraction: float) -> pd.DataFrame | None:
     record, index = out_dir / "download.json", out_dir / "index.csv"
@@ -292,7 +281,7 @@ def _already_complete(out_dir: Path, splits: tuple[str, ...], lists: dict[str, s
         return None
     if rec.get("bad_fraction", 1.0) > max_bad_fraction:
         return None  # a stricter threshold than the finished run passed: evaluate (and fail) again
-    df = _read_k600_index(index)
+    df = read_index(index)  # group/clip are empty for K600: nullable Int64
     if any(not (out_dir / p).is_file() for p in df["path"]):
         return None
     return df
