@@ -60,6 +60,21 @@ def shard_range(n: int, shard: int, num_shards: int) -> range:
 # sampling
 
 
+def _write_shard(out_dir: Path, videos: np.ndarray, table: pd.DataFrame, mp4s: int, meta: dict) -> None:
+    """A sample shard: videos.npy (uint8 n,T,H,W,3), samples.csv (``index`` first), a PNG grid and the first
+    ``mp4s`` videos as MP4 for people, and sample.json (provenance). Every file is written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "videos.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, videos)
+    with atomic_path(out_dir / "samples.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if len(videos):
+        grid_png(videos[:8], out_dir / "grid.png")
+        for i in range(min(mp4s, len(videos))):
+            write_mp4(videos[i], out_dir / f"sample-{int(table['index'].iloc[i]):06d}.mp4")
+    atomic_write_json(out_dir / "sample.json", meta)
+
+
 def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
                  params: Params, *, progress: bool = True) -> None:
     """Generate shard ``shard`` of the gFVD set: videos.npy (uint8 n,T,H,W,3), samples.csv, previews."""
@@ -85,17 +100,8 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
     res = sample_videos(gen, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
                         top_p=s.top_p, seed=s.seed, batch_size=s.batch_size, device=device, dtype=dtype,
                         progress=progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "videos.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, res.videos)
     table = pd.DataFrame({"index": [i for i, _ in pairs], "label": [c for _, c in pairs], "nll": res.nll})
-    with atomic_path(out_dir / "samples.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    if len(res.videos):
-        grid_png(res.videos[:8], out_dir / "grid.png")
-        for i in range(min(2, len(res.videos))):
-            write_mp4(res.videos[i], out_dir / f"sample-{pairs[i][0]:06d}.mp4")
-    atomic_write_json(out_dir / "sample.json", provenance(
+    _write_shard(out_dir, res.videos, table, mp4s=2, meta=provenance(
         {"sample": dataclasses.asdict(s)}, inputs={"tokenizer": sha256_file(tokenizer_weights),
                                                    "ar": sha256_file(ar_weights)},
         shard=shard, num_shards=len(s.shards), indices=[idx.start, idx.stop], num_samples=len(pairs),
@@ -194,6 +200,14 @@ def _append_report(path: Path, row: dict) -> None:
         f.flush()
 
 
+def _fvd_header(metric: str, dataset: str, report: dict) -> dict:
+    """The first fields of every FVD result file: value, 95 % CI (when bootstrapped), set sizes, details."""
+    boot = report.get("bootstrap")
+    return {"metric": metric, "dataset": dataset, "value": report["fvd"],
+            "ci95": [boot["ci_low"], boot["ci_high"]] if boot else None,
+            "n_generated": report["n_gen"], "n_real": report["n_real"], "fvd": report}
+
+
 def _result_common(detector, params: Params, refs: pd.DataFrame, t0: float) -> dict:
     return {
         "detector": detector.info(),
@@ -218,9 +232,7 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
     report = fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
     nll = float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean())
     result = {
-        "metric": "gFVD", "dataset": dataset, "value": report["fvd"],
-        "ci95": [report["bootstrap"]["ci_low"], report["bootstrap"]["ci_high"]] if "bootstrap" in report else None,
-        "n_generated": report["n_gen"], "n_real": report["n_real"], "fvd": report,
+        **_fvd_header("gFVD", dataset, report),
         "protocol": {"name": "gFVD class-conditional", "real_clips": "non-overlapping clips of split train videos",
                      "num_clips": params.fvd.num_clips, "seed": params.fvd.clip_seed,
                      "cfg_scale": params.sample.cfg_scale, "temperature": params.sample.temperature,
@@ -279,9 +291,7 @@ def rfvd(dataset: str, frames_dir: Path, tokenizer_weights: Path, out: Path, par
     real, rec = torch.cat(real_f).numpy(), torch.cat(rec_f).numpy()
     report = fvd_report(real, rec, bootstrap=params.fvd.bootstrap, seed=params.fvd.rfvd_seed)
     result = {
-        "metric": "rFVD", "dataset": dataset, "value": report["fvd"],
-        "ci95": [report["bootstrap"]["ci_low"], report["bootstrap"]["ci_high"]] if "bootstrap" in report else None,
-        "n_generated": report["n_gen"], "n_real": report["n_real"], "fvd": report,
+        **_fvd_header("rFVD", dataset, report),
         "psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean()),
         "lpips": (sum(lp) / len(refs)) if lpips is not None else None,
         "lpips_note": None if lpips is not None else "not computed: fvd.lpips is false (needs VGG16 + LPIPS weights)",
@@ -341,17 +351,9 @@ def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path,
     res = sample_videos(gen, lambda ids: tok.decode(ids).float(), pairs, cfg_scale=1.0,
                         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed,
                         batch_size=s.batch_size, device=device, dtype=dtype, progress=progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "videos.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, res.videos)
     table = pd.DataFrame({"index": part["index"], "video_id": part["video_id"], "start": part["start"],
                           "nll": res.nll})
-    with atomic_path(out_dir / "samples.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    if len(res.videos):
-        grid_png(res.videos[:8], out_dir / "grid.png")
-        write_mp4(res.videos[0], out_dir / f"sample-{int(part['index'].iloc[0]):06d}.mp4")
-    atomic_write_json(out_dir / "sample.json", provenance(
+    _write_shard(out_dir, res.videos, table, mp4s=1, meta=provenance(
         {"sample": dataclasses.asdict(s), "cond_frames": params.generator.cond_frames},
         inputs={"tokenizer": sha256_file(tokenizer_weights), "ar": sha256_file(ar_weights)},
         shard=shard, num_shards=len(s.shards), indices=[int(part["index"].min()), int(part["index"].max()) + 1],
@@ -372,9 +374,7 @@ def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params:
     gen = _generated_features(detector, shards, params, progress, resize=size)
     report = fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
     result = {
-        "metric": "FP-FVD", "dataset": dataset, "value": report["fvd"],
-        "ci95": [report["bootstrap"]["ci_low"], report["bootstrap"]["ci_high"]] if "bootstrap" in report else None,
-        "n_generated": report["n_gen"], "n_real": report["n_real"], "fvd": report,
+        **_fvd_header("FP-FVD", dataset, report),
         "protocol": {"name": "FP-FVD frame prediction", "real_clips": "non-overlapping clips of the held-out videos",
                      "num_clips": params.fvd.fp_num_clips, "seed": params.fvd.clip_seed,
                      "cond_frames": params.generator.cond_frames, "detector_input_resolution": size,
