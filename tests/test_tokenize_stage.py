@@ -29,15 +29,8 @@ SHARD_CLIPS = 8
 
 def tiny(**overrides: dict) -> Params:
     base = {
-        "tokenizer": {"width": 32, "depth": 1, "heads": 4, "num_tokens": 16, "code_dim": 8,
-                      "codebook_size": 64, "prior_depth": 1, "prior_width": 32, "prior_heads": 4},
-        "discriminator": {"width": 32, "depth": 1, "heads": 4},
-        "train_tokenizer": {"max_steps": 3, "global_batch": 4, "micro_batch": 4, "checkpoint_every": 100,
-                            "log_every": 1, "sample_every": None},
         # stride 2 over 16-20 frame videos: 1-3 offsets per video, x2 flips; 5 does not divide the shards
         "tokenize": {"clip_stride": 2, "flips": True, "batch_size": 5, "shard_clips": SHARD_CLIPS},
-        "generator": {"depth": 1, "width": 32, "heads": 4, "ffn_multiple_of": 16, "vocab_size": 64,
-                      "seq_len": 16, "num_classes": 3},
     }
     return micro_params(base, overrides)
 

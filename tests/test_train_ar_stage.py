@@ -30,14 +30,7 @@ from larp.train.tokenizer import train_tokenizer
 
 def tiny(**overrides: dict) -> Params:
     base = {
-        "tokenizer": {"width": 32, "depth": 1, "heads": 4, "num_tokens": 16, "code_dim": 8,
-                      "codebook_size": 64, "prior_depth": 1, "prior_width": 32, "prior_heads": 4},
-        "discriminator": {"width": 32, "depth": 1, "heads": 4},
-        "train_tokenizer": {"max_steps": 3, "global_batch": 4, "micro_batch": 4, "checkpoint_every": 100,
-                            "log_every": 1, "sample_every": None},
         "tokenize": {"clip_stride": 2, "batch_size": 8, "shard_clips": 16},
-        "generator": {"depth": 1, "width": 32, "heads": 4, "ffn_multiple_of": 16, "vocab_size": 64,
-                      "seq_len": 16, "num_classes": 3},
         "train_ar": {"max_steps": 8, "global_batch": 8, "micro_batch": 4, "checkpoint_every": 3,
                      "log_every": 1, "sample_every": None},
     }

@@ -33,14 +33,9 @@ def frames_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny(**overrides: dict) -> Params:
     """The tiny preset shrunk further; ``overrides`` are params groups applied on top."""
     base = {
-        "tokenizer": {"width": 32, "depth": 1, "heads": 4, "num_tokens": 16, "code_dim": 8,
-                      "codebook_size": 64, "prior_depth": 1, "prior_width": 32, "prior_heads": 4},
-        "discriminator": {"width": 32, "depth": 1, "heads": 4},
         "loss": {"d_update_every": 3},
         "train_tokenizer": {"max_steps": 6, "global_batch": 4, "micro_batch": 2, "checkpoint_every": 100,
                             "log_every": 1, "sample_every": None},
-        "generator": {"depth": 1, "width": 32, "heads": 4, "ffn_multiple_of": 16, "vocab_size": 64,
-                      "seq_len": 16, "num_classes": 3},
     }
     return micro_params(base, overrides)
 
