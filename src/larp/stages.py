@@ -66,24 +66,22 @@ def _launch_torchrun_if_multi_gpu() -> None:
         os.execvp(cmd[0], cmd)
 
 
-def _is_main() -> bool:
+def _publish_metrics(run_dir: Path, metrics: Path) -> None:
+    """Copy the run's training curves to the stage's declared output (rank 0 only), atomically."""
     import os
 
-    return int(os.environ.get("RANK", "0")) == 0
+    from larp.files import atomic_write_bytes
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_bytes(metrics, (Path(run_dir) / "metrics.csv").read_bytes())
 
 
 def train_tokenizer(dataset: str, frames: Path, out: Path, metrics: Path, params: Params) -> None:
     """`larp train-tokenizer`: LARP tokenizer + discriminator (+ prior) on the split's training videos."""
-    import shutil
-
     from larp.train.tokenizer import train_tokenizer as run
 
     _launch_torchrun_if_multi_gpu()
-    run_dir = run(Path(frames), Path(out), params)
-    if _is_main():
-        metrics = Path(metrics)
-        metrics.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "metrics.csv", metrics)
+    _publish_metrics(run(Path(frames), Path(out), params), metrics)
 
 
 def _variant(params: Params, fp: bool) -> Params:
@@ -103,16 +101,11 @@ def tokenize(dataset: str, frames: Path, tokenizer: Path, out: Path, params: Par
 def train_ar(dataset: str, tokens: Path, tokenizer: Path, out: Path, metrics: Path, params: Params,
              fp: bool = False) -> None:
     """`larp train-ar`: the class-conditional (or, with ``fp``, frame-prediction) AR generator."""
-    import shutil
-
     from larp.train.generator import train_generator
 
     _launch_torchrun_if_multi_gpu()
     run_dir = train_generator(Path(tokens), Path(out), _variant(params, fp), tokenizer_weights=Path(tokenizer))
-    if _is_main():
-        metrics = Path(metrics)
-        metrics.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "metrics.csv", metrics)
+    _publish_metrics(run_dir, metrics)
 
 
 def sample(dataset: str, frames: Path, tokenizer: Path, ar: Path, shard: int, out: Path, params: Params,
