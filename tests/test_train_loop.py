@@ -260,6 +260,24 @@ def test_data_order_is_independent_of_world_size_and_resumable():
 # ---- (1) kill and resume: bit-exact ----
 
 
+def test_signal_is_caught_even_when_the_parent_blocked_it(tmp_path):
+    # a launcher may start us with SIGUSR1 blocked; the mask is inherited by the process and all its threads
+    child = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
+        "from test_train_loop import run\n"
+        "from larp.train.loop import Preempted\n"
+        "try:\n    run(Path(sys.argv[2]), stop_at=2)\n"
+        "except Preempted as e:\n    print('preempted at', e.step); sys.exit(e.code)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child, str(Path(__file__).parent), str(tmp_path / "cut")],
+        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1]),
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stdout + proc.stderr
+    assert "preempted at 3" in proc.stdout
+
+
 def test_signal_checkpoints_and_resume_is_bit_exact(tmp_path):
     full = run(tmp_path / "full")
     assert full.steps == 12 and full.resumed_from is None

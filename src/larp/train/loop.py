@@ -160,7 +160,12 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 @contextmanager
 def _stop_flag() -> Iterator[list[int]]:
-    """Collect SIGTERM / SIGUSR1 into a list instead of dying; previous handlers come back afterwards."""
+    """Collect SIGTERM / SIGUSR1 into a list instead of dying; previous handlers come back afterwards.
+
+    The signals are also unblocked for the duration: a blocked signal mask is inherited from the parent
+    process, and a launcher that blocks SIGUSR1 would otherwise turn SLURM's preemption warning into a
+    signal that stays pending until the job is killed.
+    """
     received: list[int] = []
     try:
         previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS}
@@ -171,9 +176,12 @@ def _stop_flag() -> Iterator[list[int]]:
             stacklevel=3,
         )
         previous = {}
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS) if previous else None
     try:
         yield received
     finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for s, handler in previous.items():
             signal.signal(s, handler)
 

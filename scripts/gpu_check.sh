@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The checks a session with a lent GPU runs (one command, ~8 minutes on one H200):
+#   1. scripts/gpu_smoke.py: the embedded pipeline on CUDA (fp16+GradScaler+compile tokenizer with a
+#      SIGUSR1 preemption and resume, bf16+compile AR generators, bf16 sampling, CUDA I3D)
+#   2. benchmarks/bench_tokenizer_step.py: the paper preset at batch 16, bf16 and fp16, prior vs no prior, MFU
+#   3. benchmarks/bench_sampling.py: llama-abs-LP sampling in bf16 with CFG at batch 1/16/64, cache vs none
+#   4. the same tokenizer step with torch.compile (bf16)
+# Usage: bash scripts/gpu_check.sh OUT_DIR   (logs and JSON results land in OUT_DIR)
+# Without the package installed, `larp` is a shim over `python -m larp.cli` with src/ on PYTHONPATH.
+set -u
+out=${1:?usage: gpu_check.sh OUT_DIR}
+mkdir -p "$out"
+root=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONUNBUFFERED=1 PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
+py=${PYTHON:-python3}
+if ! command -v larp >/dev/null; then
+    mkdir -p /tmp/larp-bin
+    printf '#!/bin/sh\nexec %s -m larp.cli "$@"\n' "$py" >/tmp/larp-bin/larp && chmod +x /tmp/larp-bin/larp
+    export PATH=/tmp/larp-bin:$PATH
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+$py -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'av', av.__version__)"
+
+step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to $out/NAME.log, show the tail
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    echo "=== $name: rc $rc, $((SECONDS - t0)) s"
+    grep -v -E 'it/s\]|s/it\]|/s\]' "$out/$name.log" | tail -n 40
+}
+step smoke 200 $py "$root/scripts/gpu_smoke.py" /tmp/larp-gpu-smoke
+step bench_tokenizer 120 $py "$root/benchmarks/bench_tokenizer_step.py" --presets paper --device cuda \
+    --amp bf16 fp16 --steps 10 --warmup 3 --out "$out/bench_tokenizer.json"
+step bench_sampling 75 $py "$root/benchmarks/bench_sampling.py" --preset llama-abs-LP --batch-sizes 1 16 64 \
+    --reference-batch-sizes 1 --dtype bf16 --out "$out/bench_sampling.json"
+step bench_tokenizer_compile 100 $py "$root/benchmarks/bench_tokenizer_step.py" --presets paper \
+    --device cuda --amp bf16 --compile --no-reference --steps 10 --warmup 3 --out "$out/bench_tokenizer_compile.json"
