@@ -37,18 +37,21 @@ GPU_OVERRIDES = {
 }
 
 
-def dvc_commands(dataset: str, shards: list[int]) -> list[tuple[str, str]]:
-    """(stage name, command) of every dvc.yaml stage in file order, templated for ``dataset``."""
+def dvc_commands(raw_params: dict) -> list[tuple[str, str]]:
+    """(stage name, command) of every dvc.yaml stage in file order, templated from ``raw_params`` as DVC does
+    (``${dataset}``, and ``foreach: ${a.b}`` over that list of the params file)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     out = []
     for name, stage in stages.items():
         if "foreach" in stage:
-            for item in shards:
-                cmd = stage["do"]["cmd"].replace("${item}", str(item))
-                out.append((f"{name}@{item}", cmd))
+            items = raw_params
+            for key in stage["foreach"].strip("${}").split("."):
+                items = items[key]
+            for item in items:
+                out.append((f"{name}@{item}", stage["do"]["cmd"].replace("${item}", str(item))))
         else:
             out.append((name, stage["cmd"]))
-    return [(n, " ".join(c.replace("${dataset}", dataset).split())) for n, c in out]
+    return [(n, " ".join(c.replace("${dataset}", raw_params["dataset"]).split())) for n, c in out]
 
 
 def run(name: str, cmd: str, params: Path, cwd: Path) -> float:
@@ -115,12 +118,12 @@ def main() -> None:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for group, values in GPU_OVERRIDES.items():
         raw[group] = {**(raw.get(group) or {}), **values}
-    raw["dataset"] = "embedded"
+    raw["dataset"], raw["datasets"] = "embedded", ["embedded"]
     params = cwd / "params.yaml"
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     t0 = time.perf_counter()
-    for name, cmd in dvc_commands("embedded", list(raw["sample"]["shards"])):
+    for name, cmd in dvc_commands(raw):
         if name == "train_tokenizer":
             preempt_and_resume(cmd, params, cwd)
         else:

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+FOREACH_WILDCARD = {"download": "dataset", "extract": "dataset"}  # rule -> wildcard of its dvc.yaml foreach
 _LOG_REDIRECT = re.compile(r"\s+2>\s*\S+$")  # Snakemake rules send stderr to their log: file
 
 
@@ -60,8 +61,9 @@ def snakemake_jobs(root: Path, targets: list[str]) -> dict[str, dict]:
         w._build_dag()
         for job in w.dag.jobs:
             name = job.rule.name
-            # DVC names foreach stages <stage>@<item>: the sampling shards
-            key = f"{name}@{job.wildcards_dict['shard']}" if "shard" in job.wildcards_dict else name
+            # DVC names foreach stages <stage>@<item>: the sampling shards, the datasets downloaded and extracted
+            item = FOREACH_WILDCARD.get(name, "shard")
+            key = f"{name}@{job.wildcards_dict[item]}" if item in job.wildcards_dict else name
             params = dict(job.params.items()).get("tracked", {})
             out[key] = dict(cmd=" ".join(_LOG_REDIRECT.sub("", job.shellcmd).split()),
                             deps={str(f) for f in job.input}, outs={str(f) for f in job.output},

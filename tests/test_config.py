@@ -91,3 +91,37 @@ def test_cli_refuses_bad_params_before_work(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     assert "prior.alpha" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_tokenizer_data_mix_per_preset_and_the_dvc_dataset_list(tmp_path):
+    from larp.config import tokenizer_datasets
+
+    pf = read_params_file(ROOT / "params.yaml")
+    assert pf.datasets == ("embedded",)
+    # the paper preset trains the tokenizer on K600-train + UCF-101-train, as the released model; tiny: itself
+    assert tokenizer_datasets(pf.resolve("ucf101"), "ucf101") == ("k600", "ucf101")
+    assert tokenizer_datasets(pf.resolve("k600"), "k600") == ("k600", "ucf101")
+    assert tokenizer_datasets(pf.resolve("embedded"), "embedded") == ("embedded",)
+    # `datasets` (what dvc.yaml acquires) must be exactly the built dataset and its tokenizer's data
+    ok = write(tmp_path, {"dataset": "ucf101", "datasets": ["ucf101", "k600"]})
+    assert read_params_file(ok).datasets == ("ucf101", "k600")
+    with pytest.raises(ParamsError, match=r"datasets: .*\['k600', 'ucf101'\]; got \['ucf101'\]"):
+        read_params_file(write(tmp_path, {"dataset": "ucf101", "datasets": ["ucf101"]}))
+    # no `datasets` key: derived
+    assert read_params_file(write(tmp_path, {"dataset": "k600"})).datasets == ("k600", "ucf101")
+    # an empty mix trains each tokenizer on its own dataset
+    own = read_params_file(write(tmp_path, {"dataset": "ucf101", "data": {"tokenizer_datasets": []}}))
+    assert own.datasets == ("ucf101",) and tokenizer_datasets(own.resolve("ucf101"), "ucf101") == ("ucf101",)
+
+
+@pytest.mark.parametrize("doc, match", [
+    ({"data": {"tokenizer_datasets": ["hmdb51"]}}, r"data.tokenizer_datasets: unknown datasets \['hmdb51'\]"),
+    ({"data": {"tokenizer_datasets": ["ucf101", "ucf101"]}}, "data.tokenizer_datasets: lists a dataset twice"),
+    # the tiny embedded frames (32 px) cannot feed a paper-size (128 px) tokenizer
+    ({"data": {"tokenizer_datasets": ["embedded", "ucf101"]}}, r"'embedded' \(32px, 16 frames\) trains its "
+                                                               r"tokenizer on 'ucf101', extracted at 128px"),
+    ({"presets": {"ucf101": "paper"}, "dataset": "ucf101"}, r"presets.k600: no preset chosen for 'k600'"),
+])
+def test_bad_tokenizer_data_mix_is_refused_at_load(tmp_path, doc, match):
+    with pytest.raises(ParamsError, match=match):
+        read_params_file(write(tmp_path, doc))

@@ -19,7 +19,7 @@ def _targets(stages: dict[str, dict]) -> list[str]:
 
 def test_dvc_and_snakemake_describe_the_same_pipeline():
     dvc = dvc_stages(ROOT)
-    assert set(dvc) == {"download", "extract", "train_tokenizer", "tokenize", "train_ar", "sample@0", "sample@1",
+    assert set(dvc) == {"download@embedded", "extract@embedded", "train_tokenizer", "tokenize", "train_ar", "sample@0", "sample@1",
                         "fvd", "rfvd", "tokenize_fp", "train_ar_fp", "sample_fp@0", "sample_fp@1", "fvd_fp"}
     smk = snakemake_jobs(ROOT, _targets(dvc))
     assert compare(dvc, smk) == []
@@ -39,9 +39,9 @@ def _copy_repo(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("old, new, field", [
-    ("--out data/frames/{wildcards.dataset} 2>", "--out data/frames/{wildcards.dataset} --fast 2>", "extract.cmd"),
-    ('tracked("presets.{dataset}", "data")', 'tracked("presets.{dataset}")', "extract.params"),
-    ('"src/larp/data",', "", "extract.deps"),
+    ("--out data/frames/{wildcards.dataset} 2>", "--out data/frames/{wildcards.dataset} --fast 2>", "extract@embedded.cmd"),
+    ('tracked("presets.{dataset}", "data")', 'tracked("presets.{dataset}")', "extract@embedded.params"),
+    ('"src/larp/data",', "", "extract@embedded.deps"),
 ])
 def test_parity_check_catches_drift(tmp_path, old, new, field):
     repo = _copy_repo(tmp_path)
@@ -52,3 +52,18 @@ def test_parity_check_catches_drift(tmp_path, old, new, field):
     dvc = dvc_stages(repo)
     diffs = compare(dvc, snakemake_jobs(repo, _targets(dvc)))
     assert any(d.startswith(field) for d in diffs), diffs
+
+
+def test_the_paper_data_mix_is_the_same_pipeline_for_both_tools(tmp_path):
+    # dataset ucf101 with the paper preset: the tokenizer trains on K600-train + UCF-101-train, so both tools
+    # download and extract both datasets and feed both frame directories to train_tokenizer
+    repo = _copy_repo(tmp_path)
+    params = repo / "params.yaml"
+    text = params.read_text()
+    params.write_text(text.replace("dataset: embedded ", "dataset: ucf101 ").replace(
+        "datasets: [embedded] ", "datasets: [k600, ucf101] "))
+    dvc = dvc_stages(repo)
+    assert {"download@k600", "download@ucf101", "extract@k600", "extract@ucf101"} <= set(dvc)
+    assert {"data/frames/k600", "data/frames/ucf101"} <= dvc["train_tokenizer"]["deps"]
+    assert "--frames-root data/frames" in dvc["train_tokenizer"]["cmd"]
+    assert compare(dvc, snakemake_jobs(repo, _targets(dvc))) == []

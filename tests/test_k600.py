@@ -123,11 +123,12 @@ def test_download_index_report_and_extract(mirror, tmp_path):
         assert (out / row["path"]).is_file()
         assert (row["class_name"], row["label"], row["split1"]) == (c["cls"], LABEL[c["cls"]], split)
         assert (row["num_frames"], row["width"], row["height"], row["fps"]) == (c["frames"], 32, 24, 25.0)
-    assert df[["group", "clip", "split2", "split3"]].isna().all().all()
+    assert df[["group", "clip"]].isna().all().all()
+    assert (df["split2"] == df["split1"]).all() and (df["split3"] == df["split1"]).all()
     assert list(df["split1"]) == sorted(df["split1"], key=["train", "test"].index)  # train rows first
 
     csv = pd.read_csv(out / "index.csv", keep_default_na=False)
-    assert list(csv.columns) == COLUMNS and (csv[["group", "clip", "split2", "split3"]] == "").all().all()
+    assert list(csv.columns) == COLUMNS and (csv[["group", "clip"]] == "").all().all()
 
     report = json.loads((out / "report.json").read_text())
     kinds = {b["video_id"]: b["kind"] for b in report["bad_clips"]}

@@ -20,9 +20,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-ALL_STAGES = {"download", "extract", "train_tokenizer", "tokenize", "train_ar", "sample@0", "sample@1", "fvd",
+ALL_STAGES = {"download@embedded", "extract@embedded", "train_tokenizer", "tokenize", "train_ar", "sample@0", "sample@1", "fvd",
               "rfvd", "tokenize_fp", "train_ar_fp", "sample_fp@0", "sample_fp@1", "fvd_fp"}
-AFTER_TOKENIZER = ALL_STAGES - {"download", "extract"}
+AFTER_TOKENIZER = ALL_STAGES - {"download@embedded", "extract@embedded"}
 
 FAST = {  # smaller counts, same code
     "embedded": {"num_classes": 4, "train_per_class": 2, "test_per_class": 1, "min_frames": 20, "max_frames": 32},

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from larp.config import ResourcesParams, load_params
+from larp.config import ResourcesParams, load_params, tokenizer_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "slurm" / "config.yaml"
 WORKFLOW_FILES = ("Snakefile", "workflow", "params.yaml", "slurm", "src")
 STAGES = set(ResourcesParams.__dataclass_fields__)  # params.yaml `resources.<stage>`
-STAGE_OF_RULE = {"rfvd": "fvd", "tokenize_fp": "tokenize", "train_ar_fp": "train_ar", "sample_fp": "sample",
-                 "fvd_fp": "fvd"}  # rules that use another stage's resources; the others are named like theirs
+STAGE_OF_RULE = {"rfvd": "fvd", "tokenize_fp": "tokenize", "sample_fp": "sample", "fvd_fp": "fvd"}  # rules that use another stage's resources; the others are named like theirs
 SLURM_DEFAULT_MIN_JOB_AGE = 300  # seconds; squeue polling needs MinJobAge >= 3 x the first poll delay
 
 
@@ -115,21 +114,27 @@ def test_profile_is_the_slurm_executor_without_sacct():
         assert key in cfg["default-resources"], key  # jobs without own resources still get limits
 
 
-@pytest.mark.parametrize("dataset", ["embedded", "ucf101"])
+# the stages of each dataset's default target: UCF-101 = gFVD + rFVD, K600 = FP-FVD, embedded = everything
+DEFAULT_STAGES = {"embedded": STAGES, "ucf101": STAGES - {"train_ar_fp"},
+                  "k600": {"download", "extract", "train_tokenizer", "tokenize", "train_ar_fp", "sample", "fvd"}}
+
+
+@pytest.mark.parametrize("dataset", ["embedded", "ucf101", "k600"])
 def test_dry_run_gives_each_stage_its_resources(repo, dataset):
     jobs = plan(repo, "--config", f"dataset={dataset}")  # the default target: the dataset's whole pipeline
-    res = load_params(repo / "params.yaml", dataset=dataset).resources
+    params = load_params(repo / "params.yaml", dataset=dataset)
     remote = [j for j in jobs if not j.local and j.output]  # `all` has no output: Snakemake runs it locally
     assert remote, "no job would be submitted to SLURM"
     for job in remote:
         name = STAGE_OF_RULE.get(job.rule, job.rule)
         assert name in STAGES, f"rule {job.rule}: which resources.<stage> of params.yaml? (STAGE_OF_RULE)"
-        assert job.wildcards.get("dataset") == dataset, job
-        stage = getattr(res, name)
+        ds = job.wildcards.get("dataset")
+        assert ds in (dataset, *tokenizer_datasets(params, dataset)), job
+        stage = getattr(load_params(repo / "params.yaml", dataset=ds).resources, name)
         got = (job.gpus, int(job.resources["mem_mb"]), int(job.resources["runtime"]))
         assert got == (stage.gpus, stage.mem_mb, stage.runtime), f"{job.rule}: gpu, mem_mb, runtime"
-    # the default target is the whole pipeline: every stage runs, the GPU stages with their GPUs
-    assert {STAGE_OF_RULE.get(j.rule, j.rule) for j in remote} == STAGES
+    # the default target is the dataset's whole pipeline: every stage of it runs, the GPU stages with their GPUs
+    assert {STAGE_OF_RULE.get(j.rule, j.rule) for j in remote} == DEFAULT_STAGES[dataset]
     assert any(j.gpus > 0 for j in remote)
 
 
@@ -138,7 +143,10 @@ def test_fvd_target_plans_on_slurm(repo):
     jobs = plan(repo, "results/fvd_ucf101.json")
     assert {"download", "extract", "train_tokenizer", "tokenize", "train_ar", "sample", "fvd"} <= {
         j.rule for j in jobs}
-    assert all(j.wildcards.get("dataset") == "ucf101" for j in jobs if j.wildcards)
+    # the paper tokenizer trains on K600-train + UCF-101-train: K600 is downloaded and extracted too, and only
+    # those two stages run for it
+    assert {(j.rule, j.wildcards["dataset"]) for j in jobs if j.wildcards.get("dataset") != "ucf101"} == {
+        ("download", "k600"), ("extract", "k600")}
 
 
 def test_parse_dry_run():
@@ -158,3 +166,16 @@ localrule all:
     assert [(j.rule, j.local, j.gpus) for j in jobs] == [("train_ar", False, 1), ("all", True, 0)]
     assert jobs[0].output == ["checkpoints/ar_embedded.safetensors", "logs/x.json"]
     assert jobs[0].resources["mem"] == "2 GB" and jobs[0].wildcards == {"dataset": "embedded"}
+
+
+def test_every_trainer_rule_gets_the_preemption_warning():
+    """SLURM sends SIGUSR1 10 min before the time limit to every rule that runs a resumable trainer."""
+    trainers = set()
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for rule, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(), flags=re.M):
+            if re.search(r"larp train-", body):
+                trainers.add(rule)
+    assert {"train_tokenizer", "train_ar", "train_ar_fp"} <= trainers
+    extra = yaml.safe_load(PROFILE.read_text())["set-resources"]
+    assert {r: "--signal=USR1@600" in str(extra.get(r, {}).get("slurm_extra")) for r in trainers} == {
+        r: True for r in trainers}

@@ -43,3 +43,15 @@ def test_no_relaunch_with_one_gpu_or_inside_torchrun(monkeypatch, gpus, local_ra
         monkeypatch.setenv("LOCAL_RANK", local_rank)
     stages._launch_torchrun_if_multi_gpu()
     assert calls == []
+
+
+def test_train_tokenizer_takes_frame_directories_or_a_root():
+    from larp.cli import build_parser
+
+    base = ["train-tokenizer", "--dataset", "ucf101", "--out", "t.safetensors", "--metrics", "m.csv"]
+    args = build_parser().parse_args([*base, "--frames", "data/frames/k600", "data/frames/ucf101"])
+    assert [str(f) for f in args.frames] == ["data/frames/k600", "data/frames/ucf101"] and args.frames_root is None
+    assert str(build_parser().parse_args([*base, "--frames-root", "data/frames"]).frames_root) == "data/frames"
+    for bad in ([], ["--frames", "a", "--frames-root", "b"]):  # exactly one of the two
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*base, *bad])

@@ -188,3 +188,13 @@ def test_two_ranks_write_the_single_process_output(setup: dict, tmp_path: Path,
     for volatile in ("created", "git"):
         a.pop(volatile), b.pop(volatile)
     assert a == b
+
+
+def test_too_many_classes_for_the_generator_fail_before_tokenizing(setup, tmp_path):
+    # e.g. K600 (600 classes) under the UCF-101 generator (101): refused before any clip is encoded
+    params = tiny(generator={"num_classes": 2})
+    with pytest.raises(ValueError, match=r"labels up to 2, but the class-conditional generator has "
+                                         r"generator.num_classes = 2"):
+        tokenize_dataset(setup["frames"], setup["weights"], tmp_path / "tokens", params, device="cpu",
+                         progress=False)
+    assert not (tmp_path / "tokens").exists()

@@ -235,3 +235,46 @@ def test_run_key_tracks_parameters_and_data(frames_dir: Path, tmp_path: Path) ->
     assert first != second and first.parent == second.parent == root
     # the changed alpha trained from scratch: a fresh 2-row log, not a continuation of the first run
     assert [r["step"] for r in read_metrics(second / "metrics.csv")] == ["1", "2"]
+
+
+# ---- the data mix (data.tokenizer_datasets) ----
+
+
+def test_tokenizer_trains_on_the_concatenated_data_mix(frames_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pandas as pd
+
+    from larp import stages
+    from larp.config import ParamsError
+    from larp.train.tokenizer import training_clips
+
+    root = tmp_path / "frames"
+    shutil.copytree(frames_dir, root / "k600")
+    shutil.copytree(frames_dir, root / "ucf101")
+    # the k600 copy loses one training video, so the two parts differ and the sum is checkable
+    table = pd.read_csv(root / "k600" / "videos.csv", dtype=str, keep_default_na=False)
+    table.drop(index=table.index[table["split1"] == "train"][0]).to_csv(root / "k600" / "videos.csv", index=False)
+    params = tiny(data={"tokenizer_datasets": ["k600", "ucf101"]}, train_tokenizer={"max_steps": 2})
+
+    dirs = stages.tokenizer_frames("ucf101", params, frames_root=root)
+    assert dirs == [root / "k600", root / "ucf101"]
+    single = len(training_clips(frames_dir, params))
+    assert len(training_clips(dirs, params)) == 2 * single - 1
+    assert run_key(params, dirs) != run_key(params, dirs[1])  # the data mix is part of the run's identity
+
+    out, metrics = tmp_path / "tok.safetensors", tmp_path / "metrics.csv"
+    stages.train_tokenizer("ucf101", None, out, metrics, params, frames_root=root)
+    assert out.is_file() and [r["step"] for r in read_metrics(metrics)] == ["1", "2"]
+
+    # clear errors: a wrong number of directories, a missing dataset, frames of another size
+    with pytest.raises(ParamsError, match=r"trains on data.tokenizer_datasets = \['k600', 'ucf101'\]; pass one"):
+        stages.tokenizer_frames("ucf101", params, frames=[root / "ucf101"])
+    shutil.rmtree(root / "k600")
+    with pytest.raises(FileNotFoundError, match=r"no frames of 'k600'.*larp extract --dataset k600"):
+        stages.tokenizer_frames("ucf101", params, frames_root=root)
+    with pytest.raises(ValueError, match=r"frames of 'ucf101' are 32x32, the tokenizer of 'ucf101' needs "
+                                         r"data.size = 64"):
+        stages.tokenizer_frames("ucf101", tiny(data={"tokenizer_datasets": ["ucf101"], "size": 64},
+                                               tokenizer={"size": 64}, discriminator={"size": 64}),
+                                frames=[root / "ucf101"])

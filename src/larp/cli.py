@@ -45,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-tokenizer", help="train the LARP tokenizer (+ AR prior, discriminator); resumable")
     _common(p)
-    p.add_argument("--frames", type=Path, required=True, help="frames directory of `larp extract`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--frames", type=Path, nargs="+", metavar="DIR",
+                     help="frames directories of `larp extract`, one per dataset of data.tokenizer_datasets "
+                          "(in that order; one directory when that list is empty)")
+    src.add_argument("--frames-root", type=Path, metavar="ROOT",
+                     help="directory holding ROOT/<dataset> for every dataset of data.tokenizer_datasets "
+                          "(what the workflows pass: data/frames)")
     p.add_argument("--out", type=Path, required=True, help="weights file (.safetensors)")
     p.add_argument("--metrics", type=Path, required=True, help="training curves (CSV)")
 
@@ -101,7 +107,7 @@ _RESOURCE_OF = {"download": "download", "extract": "extract", "train-tokenizer":
                 "tokenize": "tokenize", "train-ar": "train_ar", "sample": "sample", "fvd": "fvd", "rfvd": "fvd"}
 
 
-def _limit_threads(command: str, params) -> None:
+def _limit_threads(command: str, params, fp: bool = False) -> None:
     """Use the CPUs the stage was given (params resources), shared by the ranks of this node.
 
     On a busy 2-core machine, torch's default of one OpenMP thread per core made small models ~30x slower
@@ -110,7 +116,7 @@ def _limit_threads(command: str, params) -> None:
     """
     import os
 
-    stage = _RESOURCE_OF.get(command)
+    stage = "train_ar_fp" if command == "train-ar" and fp else _RESOURCE_OF.get(command)
     if stage is None:
         return
     import torch
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from larp import stages
 
-    _limit_threads(args.command, params)
+    _limit_threads(args.command, params, fp=getattr(args, "fp", False))
     if args.command == "params":
         print(json.dumps({"dataset": dataset or pf.dataset, "preset": pf.presets[dataset or pf.dataset],
                           **dataclasses.asdict(params)}, indent=2))
@@ -146,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "extract":
         stages.extract(args.dataset, args.raw, args.out, params)
     elif args.command == "train-tokenizer":
-        stages.train_tokenizer(args.dataset, args.frames, args.out, args.metrics, params)
+        stages.train_tokenizer(args.dataset, args.frames, args.out, args.metrics, params,
+                               frames_root=args.frames_root)
     elif args.command == "tokenize":
         stages.tokenize(args.dataset, args.frames, args.tokenizer, args.out, params, fp=args.fp)
     elif args.command == "train-ar":

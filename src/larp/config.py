@@ -45,8 +45,15 @@ class DataParams:
     shard_videos: int = 256  # videos per frame shard (DVC then tracks tens of files, not thousands)
     workers: int = 2  # extraction processes
     split: int = 1  # official split whose train/test lists the stages use
+    # datasets whose training videos the tokenizer learns from, concatenated (labels unused); empty = the
+    # dataset being built alone. Paper: K600-train + UCF-101-train, as the released tokenizer (LARP_SPEC 3)
+    tokenizer_datasets: tuple[str, ...] = ("k600", "ucf101")
 
     def validate(self) -> None:
+        bad = [d for d in self.tokenizer_datasets if d not in DATASETS]
+        _check(not bad, "data.tokenizer_datasets", f"unknown datasets {bad}; known: {list(DATASETS)}")
+        _check(len(set(self.tokenizer_datasets)) == len(self.tokenizer_datasets), "data.tokenizer_datasets",
+               f"lists a dataset twice: {list(self.tokenizer_datasets)}")
         _check(self.size >= 8, "data.size", f"must be >= 8, got {self.size}")
         _check(self.frames >= 1, "data.frames", f"must be >= 1, got {self.frames}")
         _check(self.shard_videos >= 1, "data.shard_videos", "must be >= 1")
@@ -384,6 +391,9 @@ class ResourcesParams:
     tokenize: StageResources = field(default_factory=lambda: StageResources(gpus=1, cpus=8, mem_mb=64000, runtime=480))
     train_ar: StageResources = field(
         default_factory=lambda: StageResources(gpus=8, cpus=32, mem_mb=256000, runtime=4320))
+    # frame prediction on K600-train: 8 GPUs as train_larp_ar_fp_reproduce.sh (global batch 64, 75 epochs)
+    train_ar_fp: StageResources = field(
+        default_factory=lambda: StageResources(gpus=8, cpus=32, mem_mb=256000, runtime=4320))
     sample: StageResources = field(default_factory=lambda: StageResources(gpus=1, cpus=4, mem_mb=32000, runtime=240))
     fvd: StageResources = field(default_factory=lambda: StageResources(gpus=1, cpus=8, mem_mb=32000, runtime=240))
 
@@ -450,6 +460,12 @@ class Params:
         return dataclasses.asdict(self)
 
 
+def tokenizer_datasets(params: Params, dataset: str) -> tuple[str, ...]:
+    """The datasets whose training videos train ``dataset``'s tokenizer (``data.tokenizer_datasets``, or the
+    dataset alone when that is empty)."""
+    return params.data.tokenizer_datasets or (dataset,)
+
+
 def frame_prediction_params(params: Params) -> Params:
     """The frame-prediction variant of a run: the same generator sizes with ``frame_prediction`` on, trained
     with ``train_ar_fp`` (LARP_SPEC.md section 4.4: 75 epochs, 1 warm-up epoch)."""
@@ -468,7 +484,7 @@ def _paper() -> Params:
 def _tiny() -> Params:
     """CPU scale: the whole chain on 2 cores in minutes. Same code, smaller numbers."""
     return Params(
-        data=DataParams(size=32, frames=16, shard_videos=16, workers=2),
+        data=DataParams(size=32, frames=16, shard_videos=16, workers=2, tokenizer_datasets=()),
         tokenizer=TokenizerConfig(
             frames=16, size=32, patch_t=4, patch_hw=8, width=64, depth=2, heads=4, num_tokens=64, code_dim=8,
             codebook_size=256, prior_depth=2, prior_width=64, prior_heads=4),
@@ -494,9 +510,11 @@ def _tiny() -> Params:
         fvd=FVDParams(detector="i3d-random", num_clips=40, rfvd_max_videos=None, bootstrap=20, batch_size=8,
                       lpips=False, fp_num_clips=12, fp_resolution=64),
         resources=ResourcesParams(**{
-            name: StageResources(gpus=1 if name in ("train_tokenizer", "train_ar", "tokenize", "sample") else 0,
-                                 cpus=1, mem_mb=2000, runtime=30)
-            for name in ("download", "extract", "train_tokenizer", "tokenize", "train_ar", "sample", "fvd")}),
+            name: StageResources(
+                gpus=1 if name in ("train_tokenizer", "train_ar", "train_ar_fp", "tokenize", "sample") else 0,
+                cpus=1, mem_mb=2000, runtime=30)
+            for name in ("download", "extract", "train_tokenizer", "tokenize", "train_ar", "train_ar_fp", "sample",
+                         "fvd")}),
     )
 
 
@@ -595,12 +613,14 @@ def apply_overrides(params: Params, overrides: dict[str, Any]) -> Params:
 
 @dataclass
 class ParamsFile:
-    """params.yaml: the dataset `dvc repro` builds, the preset of each dataset, and the overrides."""
+    """params.yaml: the dataset `dvc repro` builds, the datasets it acquires for that, the preset of each
+    dataset, and the overrides."""
 
     dataset: str
     presets: dict[str, str]
     overrides: dict[str, Any]
     path: Path
+    datasets: tuple[str, ...] = ()  # what dvc.yaml downloads and extracts: `dataset` + its tokenizer's data
 
     def resolve(self, dataset: str | None = None) -> Params:
         name = dataset or self.dataset
@@ -626,14 +646,32 @@ def read_params_file(path: str | Path) -> ParamsFile:
     for ds, pr in presets.items():
         _check(ds in DATASETS, f"presets.{ds}", f"unknown dataset; known: {list(DATASETS)}")
         _check(pr in PRESETS, f"presets.{ds}", f"unknown preset {pr!r}; choose one of {sorted(PRESETS)}")
+    datasets = raw.pop("datasets", None)
     groups = {f.name for f in dataclasses.fields(Params)}
     for g, v in raw.items():
-        _check(g in groups, g, f"unknown parameter group (known: dataset, presets, {', '.join(sorted(groups))})")
+        _check(g in groups, g, "unknown parameter group (known: dataset, datasets, presets, "
+               f"{', '.join(sorted(groups))})")
         _check(isinstance(v, dict) or v is None, g, "must be a mapping")
     overrides = {g: (v or {}) for g, v in raw.items()}
     pf = ParamsFile(dataset=dataset, presets=presets, overrides=overrides, path=path)
-    for ds in presets:  # validate against every preset now, before any work starts
-        pf.resolve(ds)
+    resolved = {ds: pf.resolve(ds) for ds in presets}  # validate against every preset now, before any work
+    for ds, params in resolved.items():
+        for other in tokenizer_datasets(params, ds):
+            _check(other in presets, f"presets.{other}",
+                   f"no preset chosen for {other!r}, which trains the tokenizer of {ds!r} (data.tokenizer_datasets)")
+            o = resolved[other].data
+            _check((o.size, o.frames) == (params.data.size, params.data.frames), "data.tokenizer_datasets",
+                   f"{ds!r} ({params.data.size}px, {params.data.frames} frames) trains its tokenizer on {other!r}, "
+                   f"extracted at {o.size}px, {o.frames} frames: the presets must agree")
+    # dvc.yaml cannot compute the tokenizer's data mix, so it iterates this explicit list; it must be exact
+    built = resolved[dataset] if dataset in resolved else pf.resolve(dataset)  # (raises: no preset)
+    needed = list(dict.fromkeys([*tokenizer_datasets(built, dataset), dataset]))
+    if datasets is None:
+        datasets = needed
+    _check(isinstance(datasets, list) and sorted(map(str, datasets)) == sorted(needed), "datasets",
+           f"must list the datasets `dvc repro` downloads and extracts for dataset={dataset!r}: the dataset and its "
+           f"tokenizer's training data (data.tokenizer_datasets), i.e. {needed}; got {datasets!r}")
+    pf.datasets = tuple(datasets)
     return pf
 
 

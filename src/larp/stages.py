@@ -6,6 +6,7 @@ Each function is the whole of one `larp <stage>` command; the real work lives in
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from larp.config import Params
@@ -76,12 +77,46 @@ def _publish_metrics(run_dir: Path, metrics: Path) -> None:
         atomic_write_bytes(metrics, (Path(run_dir) / "metrics.csv").read_bytes())
 
 
-def train_tokenizer(dataset: str, frames: Path, out: Path, metrics: Path, params: Params) -> None:
-    """`larp train-tokenizer`: LARP tokenizer + discriminator (+ prior) on the split's training videos."""
+def tokenizer_frames(dataset: str, params: Params, frames: Path | Sequence[Path] | None = None,
+                     frames_root: Path | None = None) -> list[Path]:
+    """The frames directories ``dataset``'s tokenizer trains on, checked against ``data.tokenizer_datasets``:
+    ``frames_root/<name>`` for each dataset of the mix, or ``frames`` given one per dataset in that order."""
+    from larp.config import ParamsError, tokenizer_datasets
+    from larp.data.frames import FrameStore
+
+    mix = tokenizer_datasets(params, dataset)
+    if (frames is None) == (frames_root is None):
+        raise ValueError("pass exactly one of frames (directories) and frames_root")
+    if frames_root is not None:
+        dirs = [Path(frames_root) / name for name in mix]
+    else:
+        dirs = [Path(frames)] if isinstance(frames, (str, Path)) else [Path(f) for f in frames]
+        if len(dirs) != len(mix):
+            raise ParamsError(
+                f"--frames: the tokenizer of {dataset!r} trains on data.tokenizer_datasets = {list(mix)}; pass one "
+                f"frames directory for each, in that order (or --frames-root), got {[str(d) for d in dirs]}")
+    for name, d in zip(mix, dirs):
+        if not (d / "videos.csv").is_file():
+            raise FileNotFoundError(
+                f"{d}: no frames of {name!r} (videos.csv missing), needed because data.tokenizer_datasets = "
+                f"{list(mix)}; run `larp download {name} --out data/raw/{name}` and `larp extract --dataset {name} "
+                f"--raw data/raw/{name} --out {d}` first")
+        size = FrameStore(d).size
+        if size != params.data.size:
+            raise ValueError(f"{d}: frames of {name!r} are {size}x{size}, the tokenizer of {dataset!r} needs "
+                             f"data.size = {params.data.size}: extract them again with the same preset")
+    return dirs
+
+
+def train_tokenizer(dataset: str, frames: Path | Sequence[Path] | None, out: Path, metrics: Path, params: Params,
+                    frames_root: Path | None = None) -> None:
+    """`larp train-tokenizer`: LARP tokenizer + discriminator (+ prior) on the training videos of every dataset
+    of ``data.tokenizer_datasets`` (see :func:`tokenizer_frames`)."""
     from larp.train.tokenizer import train_tokenizer as run
 
+    dirs = tokenizer_frames(dataset, params, frames, frames_root)  # fails before torchrun starts the ranks
     _launch_torchrun_if_multi_gpu()
-    _publish_metrics(run(Path(frames), Path(out), params), metrics)
+    _publish_metrics(run(dirs, Path(out), params), metrics)
 
 
 def _variant(params: Params, fp: bool) -> Params:

@@ -105,6 +105,12 @@ def tokenize_dataset(frames_dir: Path, weights: Path, out_dir: Path, params: Par
     clips = clip_list(frames_dir, params)
     if clips.empty:
         raise ValueError(f"{frames_dir}: no training clips (split {params.data.split})")
+    n_cls = params.generator.num_classes
+    if not params.generator.frame_prediction and int(clips["label"].max()) >= n_cls:
+        # fail before hours of tokenization, not at train-ar (e.g. K600's 600 classes under the UCF-101 preset)
+        raise ValueError(f"{frames_dir}: labels up to {int(clips['label'].max())}, but the class-conditional "
+                         f"generator has generator.num_classes = {n_cls}; K600's protocol is frame prediction "
+                         f"(`larp tokenize --fp`, target results/fvd_k600_fp.json)")
     model = load_tokenizer(weights, params, device)
     reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
     n_tok, bs = params.tokenizer.num_tokens, params.tokenize.batch_size

@@ -1,7 +1,7 @@
 # Shared helpers: resolved parameters, the params.yaml keys each stage depends on, resources per preset.
 import functools
 
-from larp.config import DATASETS, read_params_file
+from larp.config import DATASETS, read_params_file, tokenizer_datasets
 
 PARAMS_FILE = read_params_file("params.yaml")  # validated here: a bad key fails at parse time
 
@@ -51,6 +51,12 @@ wildcard_constraints:
     shard=r"\d+",
 
 
+def tokenizer_frames(wildcards):
+    """Frames of every dataset the tokenizer of {dataset} trains on (data.tokenizer_datasets)."""
+    names = tokenizer_datasets(resolved(wildcards.dataset), wildcards.dataset)
+    return [f"data/frames/{name}" for name in names]
+
+
 def sample_shards(wildcards):
     """Every sampling shard of the dataset (sample.shards of its resolved parameters)."""
     shards = resolved(wildcards.dataset).sample.shards
@@ -62,6 +68,16 @@ def sample_fp_shards(wildcards):
     return [f"data/samples_fp/{wildcards.dataset}/shard-{k}" for k in shards]
 
 
+# What the default target (`snakemake` with no target) evaluates for each dataset: the paper's protocols
+# (UCF-101: class-conditional gFVD + rFVD; K600: frame-prediction FP-FVD); embedded: every protocol, to prove
+# the whole chain. Any result file can still be asked for by name.
+DEFAULT_RESULTS = {
+    "embedded": ("fvd_{ds}.json", "rfvd_{ds}.json", "fvd_{ds}_fp.json"),
+    "ucf101": ("fvd_{ds}.json", "rfvd_{ds}.json"),
+    "k600": ("fvd_{ds}_fp.json",),
+}
+
+
 def default_targets():
     ds = config.get("dataset", "embedded")
-    return [f"results/fvd_{ds}.json", f"results/rfvd_{ds}.json", f"results/fvd_{ds}_fp.json"]
+    return [f"results/{name.format(ds=ds)}" for name in DEFAULT_RESULTS[ds]]

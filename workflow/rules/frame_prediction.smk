@@ -33,9 +33,9 @@ rule train_ar_fp:
         "results/{dataset}/ar_fp_metrics.csv",
     params:
         tracked=tracked("presets.{dataset}", "generator", "train_ar_fp", "tokenizer", "prior"),
-    threads: stage_threads("train_ar")
+    threads: stage_threads("train_ar_fp")
     resources:
-        **stage_resources("train_ar"),
+        **stage_resources("train_ar_fp"),
     log:
         "logs/train_ar_fp/{dataset}.log",
     shell:

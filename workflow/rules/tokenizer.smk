@@ -1,6 +1,6 @@
 rule train_tokenizer:
     input:
-        "data/frames/{dataset}",
+        tokenizer_frames,
         "src/larp/models",
         "src/larp/train",
         "src/larp/losses.py",
@@ -18,7 +18,7 @@ rule train_tokenizer:
     log:
         "logs/train_tokenizer/{dataset}.log",
     shell:
-        "larp train-tokenizer --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
+        "larp train-tokenizer --dataset {wildcards.dataset} --frames-root data/frames"
         " --out checkpoints/{wildcards.dataset}/tokenizer.safetensors"
         " --metrics results/{wildcards.dataset}/tokenizer_metrics.csv 2> {log}"
 

@@ -15,7 +15,8 @@ Result in ``out_dir`` (``data/raw/k600``)::
     <split>/<youtube_id>_<start:06d>_<end:06d>.mp4             flat, as the mirror's own extractor lays it out
     index.csv      the UCF-101 index format (larp.data.index.COLUMNS): video_id = clip id, path = <split>/<file>,
                    label = rank of the class name in the sorted class names of all loaded annotation files,
-                   split1 = "train" | "test" (the val split), group/clip/split2/split3 empty; good clips only
+                   split1 = split2 = split3 = "train" | "test" (the val split; K600 has one split), group and
+                   clip empty; good clips only
     report.json    every annotated clip that is missing, truncated or undecodable, with the reason
     download.json  list URLs, parts with sizes and sha256, counts (written last: marks the run complete)
 
@@ -387,9 +388,10 @@ def download_k600(out_dir: str | Path, splits: tuple[str, ...] = SPLITS, *, base
                        "class_name": good["class_name"].astype("string"), "label": good["label"]})
     for col in ("group", "clip"):
         df[col] = pd.array([pd.NA] * len(df), dtype="Int64")
-    df["split1"] = good["split1"].astype("string")
-    for col in ("split2", "split3"):
-        df[col] = pd.array([pd.NA] * len(df), dtype="string")
+    # K600 has one official split: the same in every split column, so that data.split (UCF-101's choice of
+    # split) never empties K600 when both feed the tokenizer
+    for col in ("split1", "split2", "split3"):
+        df[col] = good["split1"].astype("string")
     for col in ("num_frames", "width", "height"):
         df[col] = pd.array(good[col], dtype="Int64")
     df["fps"] = pd.array(good["fps"], dtype="Float64")

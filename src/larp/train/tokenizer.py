@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
 
 from larp.config import Params
 from larp.data.clips import ClipDataset
@@ -119,12 +121,29 @@ class TokenizerTask:
             "step": step, "psnr": float(psnr(video, recon)), "stochastic_svq": stochastic, "clips": len(video)})
 
 
-def run_key(params: Params, frames_dir: Path) -> str:
+def _as_dirs(frames: Path | Sequence[Path]) -> list[Path]:
+    return [Path(frames)] if isinstance(frames, (str, Path)) else [Path(f) for f in frames]
+
+
+def run_key(params: Params, frames: Path | Sequence[Path]) -> str:
     """Identity of a training run: its parameters and data. A resume only continues the same run."""
     relevant = {k: dataclasses.asdict(getattr(params, k))
                 for k in ("data", "tokenizer", "discriminator", "prior", "loss", "train_tokenizer")}
-    blob = json.dumps(relevant, sort_keys=True) + sha256_file(Path(frames_dir) / "videos.csv")
+    blob = json.dumps(relevant, sort_keys=True) + "".join(sha256_file(d / "videos.csv") for d in _as_dirs(frames))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def training_clips(frames: Path | Sequence[Path], params: Params) -> Dataset:
+    """Random training clips of the split's training videos of every frames directory, concatenated (as the
+    official ``a.csv+b.csv``: each video once per epoch, whatever dataset it comes from)."""
+    parts = [ClipDataset(d, split="train", split_index=params.data.split, mode="train", frames=params.data.frames,
+                         flip=True, seed=None)  # per-item seeding by the loop
+             for d in _as_dirs(frames)]
+    for d, part in zip(_as_dirs(frames), parts):
+        if not len(part):
+            raise ValueError(f"{d}: no training videos in split {params.data.split} (videos.csv column "
+                             f"split{params.data.split})")
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
 def preview_clips(frames_dir: Path, params: Params, n: int = 4) -> torch.Tensor | None:
@@ -138,21 +157,21 @@ def preview_clips(frames_dir: Path, params: Params, n: int = 4) -> torch.Tensor 
     return None
 
 
-def train_tokenizer(frames_dir: Path, weights_out: Path, params: Params, *, run_root: Path | None = None,
-                    device: str | None = None, progress: bool = True) -> Path:
-    """Train the tokenizer on the split's training videos; resumable; returns the run directory.
+def train_tokenizer(frames: Path | Sequence[Path], weights_out: Path, params: Params, *,
+                    run_root: Path | None = None, device: str | None = None, progress: bool = True) -> Path:
+    """Train the tokenizer on the split's training videos of one frames directory or several (a data mix,
+    see :func:`training_clips`); resumable; returns the run directory.
 
     ``weights_out`` receives the safetensors weights (``tokenizer.*``, ``discriminator.*``); the run directory
     (checkpoints, metrics.csv, samples/) is ``run_root/tokenizer-<run key>`` so that a changed parameter starts
-    a new run instead of resuming an incompatible one.
+    a new run instead of resuming an incompatible one. The preview clips come from the first directory.
     """
-    frames_dir, weights_out = Path(frames_dir), Path(weights_out)
+    dirs, weights_out = _as_dirs(frames), Path(weights_out)
     t = params.train_tokenizer
-    dataset = ClipDataset(frames_dir, split="train", split_index=params.data.split, mode="train",
-                          frames=params.data.frames, flip=True, seed=None)  # per-item seeding by the loop
+    dataset = training_clips(dirs, params)
     steps = t.max_steps or t.epochs * (len(dataset) // t.global_batch)
-    preview = preview_clips(frames_dir, params)
-    run_dir = Path(run_root or weights_out.parent / "runs") / f"tokenizer-{run_key(params, frames_dir)}"
+    preview = preview_clips(dirs[0], params)
+    run_dir = Path(run_root or weights_out.parent / "runs") / f"tokenizer-{run_key(params, dirs)}"
     train(lambda dev: TokenizerTask(params, steps, preview), dataset, t, run_dir, weights_out, device=device,
           progress=progress)
     return run_dir
