@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,14 @@ def test_train_tokenizer_takes_frame_directories_or_a_root():
     for bad in ([], ["--frames", "a", "--frames-root", "b"]):  # exactly one of the two
         with pytest.raises(SystemExit):
             build_parser().parse_args([*base, *bad])
+
+
+def test_a_missing_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys):
+    from larp.cli import main
+
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    rc = main(["train-tokenizer", "--params", str(params), "--dataset", "ucf101", "--frames-root", str(tmp_path), "--out",
+               str(tmp_path / "t.safetensors"), "--metrics", str(tmp_path / "m.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("larp train-tokenizer: ") and "Traceback" not in err
+    assert "no frames of 'k600'" in err and "larp extract --dataset k600" in err

@@ -141,9 +141,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"larp: invalid parameters: {e}", file=sys.stderr)
         return 2
 
+    _limit_threads(args.command, params, fp=getattr(args, "fp", False))
+    try:
+        return _run(args, pf, dataset, params)
+    except (ParamsError, FileNotFoundError) as e:  # missing inputs, data that contradicts the parameters
+        print(f"larp {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, pf, dataset: str | None, params) -> int:
+    """Dispatch one subcommand to its stage function."""
     from larp import stages
 
-    _limit_threads(args.command, params, fp=getattr(args, "fp", False))
     if args.command == "params":
         print(json.dumps({"dataset": dataset or pf.dataset, "preset": pf.presets[dataset or pf.dataset],
                           **dataclasses.asdict(params)}, indent=2))

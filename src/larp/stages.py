@@ -103,7 +103,7 @@ def tokenizer_frames(dataset: str, params: Params, frames: Path | Sequence[Path]
                 f"--raw data/raw/{name} --out {d}` first")
         size = FrameStore(d).size
         if size != params.data.size:
-            raise ValueError(f"{d}: frames of {name!r} are {size}x{size}, the tokenizer of {dataset!r} needs "
+            raise ParamsError(f"{d}: frames of {name!r} are {size}x{size}, the tokenizer of {dataset!r} needs "
                              f"data.size = {params.data.size}: extract them again with the same preset")
     return dirs
 
