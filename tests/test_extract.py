@@ -171,3 +171,46 @@ def test_bad_arguments(tmp_path):
         extract_dataset(tmp_path, tmp_path / "out", size=32, shard_videos=0, workers=1)
     with pytest.raises(ValueError, match="size"):
         extract_frames(tmp_path / "x.avi", size=0)
+
+
+# ---- JPEG frame storage (Kinetics-600's default) ----
+
+
+def test_jpeg_store_reads_what_raw_stores_within_jpeg_error(tmp_path):
+    raw = make_raw(tmp_path / "raw", bad=True)
+    extract_dataset(raw, tmp_path / "raw_frames", size=32, shard_videos=5, workers=1)
+    report = extract_dataset(raw, tmp_path / "jpeg", size=32, shard_videos=5, workers=2, frame_format="jpeg",
+                             jpeg_quality=95)
+    assert report["frame_format"] == "jpeg" and report["jpeg_quality"] == 95 and report["skipped"] == 4
+    names = sorted(p.name for p in (tmp_path / "jpeg").glob("shard-*"))
+    assert names == [f"shard-0000{k}{e}" for k in range(4) for e in (".jpg", ".json", ".offsets.npy")]
+    exact, lossy = FrameStore(tmp_path / "raw_frames"), FrameStore(tmp_path / "jpeg")
+    assert lossy.frame_format == "jpeg" and lossy.table.equals(
+        exact.table.assign(shard=exact.table["shard"].str.replace(".u8", ".jpg")))
+    raw_bytes = sum(p.stat().st_size for p in (tmp_path / "raw_frames").glob("*.u8"))
+    jpeg_bytes = sum(p.stat().st_size for p in (tmp_path / "jpeg").glob("*.jpg"))
+    assert jpeg_bytes < raw_bytes / 2
+    for row in range(len(exact)):
+        a, b = exact.video(row).astype(int), lossy.video(row).astype(int)
+        # JPEG q95 with 4:2:0 chroma: small on average, up to ~70 grey levels at sharp colour edges
+        assert a.shape == b.shape and np.abs(a - b).mean() < 3 and np.abs(a - b).max() <= 80
+    # a clip that runs past the end repeats the last frame, as with raw frames; only its frames are decoded
+    n = int(exact.frame_counts[2])
+    np.testing.assert_array_equal(lossy.frames(2, n - 3, 6), lossy.video(2)[[n - 3, n - 2, n - 1, n - 1, n - 1, n - 1]])
+    with pytest.raises(IndexError):
+        lossy.frames(2, n, 4)
+
+
+def test_jpeg_shards_resume_and_a_format_change_redoes_them(tmp_path):
+    raw = make_raw(tmp_path / "raw")
+    out = tmp_path / "frames"
+    extract_dataset(raw, out, size=32, shard_videos=5, workers=1, frame_format="jpeg")
+    first = sha256_tree(out)
+    (out / "shard-00001.offsets.npy").write_bytes(b"corrupt")  # an unusable shard is extracted again
+    extract_dataset(raw, out, size=32, shard_videos=5, workers=1, frame_format="jpeg")
+    assert sha256_tree(out) == first
+    extract_dataset(raw, out, size=32, shard_videos=5, workers=1)  # raw now: no jpeg file is left behind
+    assert sorted({p.suffix for p in out.glob("shard-*")}) == [".json", ".u8"]
+    assert FrameStore(out).frame_format == "raw"
+    with pytest.raises(ValueError, match="frame_format must be one of"):
+        extract_dataset(raw, out, size=32, shard_videos=5, workers=1, frame_format="png")

@@ -247,12 +247,15 @@ def test_tokenizer_trains_on_the_concatenated_data_mix(frames_dir: Path, tmp_pat
 
     from larp import stages
     from larp.config import ParamsError
+    from larp.data.extract import extract_dataset
     from larp.train.tokenizer import training_clips
 
     root = tmp_path / "frames"
-    shutil.copytree(frames_dir, root / "k600")
+    # "k600" stored as JPEG (its default), "ucf101" raw: the mix reads both formats
+    extract_dataset(frames_dir.parent / "raw", root / "k600", size=32, shard_videos=4, workers=1,
+                    frame_format="jpeg")
     shutil.copytree(frames_dir, root / "ucf101")
-    # the k600 copy loses one training video, so the two parts differ and the sum is checkable
+    # the k600 part loses one training video, so the two parts differ and the sum is checkable
     table = pd.read_csv(root / "k600" / "videos.csv", dtype=str, keep_default_na=False)
     table.drop(index=table.index[table["split1"] == "train"][0]).to_csv(root / "k600" / "videos.csv", index=False)
     params = tiny(data={"tokenizer_datasets": ["k600", "ucf101"]}, train_tokenizer={"max_steps": 2})

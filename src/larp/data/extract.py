@@ -1,4 +1,4 @@
-"""`larp extract`: decode every video once, resize + centre-crop, store the frames in raw uint8 shards.
+"""`larp extract`: decode every video once, resize + centre-crop, store the frames in shards (raw or JPEG).
 
 The resize is LARP's: torchvision ``Resize(size, antialias=True)`` (bilinear, short side) then
 ``CenterCrop(size)``, applied to the decoded RGB frames. We run torchvision's uint8 kernel, which is within
@@ -6,7 +6,8 @@ one grey level of LARP's float path and several times faster (FVD_AND_DATA.md se
 
 Output (see :mod:`larp.data.frames` for the shard format)::
 
-    <out>/shard-00000.u8      frames of the first shard_videos videos (and .json: its record)
+    <out>/shard-00000.u8      frames of the first shard_videos videos (and .json: its record); with
+                              frame_format jpeg: shard-00000.jpg + shard-00000.offsets.npy
     <out>/videos.csv          index.csv rows that decoded + shard, frame_start, frame_count
     <out>/report.json         counts, and every skipped file with the reason
 
@@ -28,7 +29,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from larp.data.frames import FRAME_DTYPE, shard_name, shard_nbytes
+from larp.data.frames import FRAME_DTYPE, OFFSETS_EXT, SHARD_EXT, offsets_path, shard_name, shard_nbytes
 from larp.files import atomic_path, atomic_write_json, atomic_write_text
 
 CHUNK = 32  # frames resized per call: bounds memory on long videos, keeps the kernel vectorised
@@ -113,17 +114,30 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _decode_job(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
-    path, size = job
+def encode_jpegs(frames: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
+    """(t, h, w, 3) uint8 -> the frames as concatenated JPEG bytes and each frame's byte length."""
+    from torchvision.io import encode_jpeg
+
+    blobs = encode_jpeg(list(torch.from_numpy(frames).permute(0, 3, 1, 2)), quality=quality)
+    return b"".join(b.numpy().tobytes() for b in blobs), np.array([len(b) for b in blobs], dtype=np.int64)
+
+
+def _decode_job(job: tuple[str, int, str, int]) -> tuple[np.ndarray | tuple | None, str | None]:
+    """One video for the shard writer: raw frames, or (JPEG bytes, byte lengths, frame count)."""
+    path, size, frame_format, quality = job
     try:
-        return extract_frames(path, size), None
+        frames = extract_frames(path, size)
     except VideoDecodeError as e:
         return None, e.reason
+    if frame_format == "jpeg":  # encoded here, in the worker processes, where the parallelism is
+        return (*encode_jpegs(frames, quality), len(frames)), None
+    return frames, None
 
 
-def _shard_is_valid(out_dir: Path, k: int, video_ids: list[str], size: int) -> dict | None:
-    """The shard's record if both its files exist, match this index slice and have the expected length."""
-    rec_path, data_path = out_dir / shard_name(k, ".json"), out_dir / shard_name(k, ".u8")
+def _shard_is_valid(out_dir: Path, k: int, video_ids: list[str], size: int, frame_format: str,
+                    quality: int) -> dict | None:
+    """The shard's record if its files exist, match this index slice and format and have the expected length."""
+    rec_path, data_path = out_dir / shard_name(k, ".json"), out_dir / shard_name(k, SHARD_EXT[frame_format])
     if not (rec_path.is_file() and data_path.is_file()):
         return None
     try:
@@ -132,21 +146,35 @@ def _shard_is_valid(out_dir: Path, k: int, video_ids: list[str], size: int) -> d
         return None
     if rec.get("video_ids") != video_ids or rec.get("size") != size:
         return None
-    if data_path.stat().st_size != shard_nbytes(sum(v["frame_count"] for v in rec["videos"]), size):
+    if rec.get("frame_format", "raw") != frame_format or (frame_format == "jpeg" and rec.get("jpeg_quality") != quality):
         return None
-    return rec
+    n = sum(v["frame_count"] for v in rec["videos"])
+    if frame_format == "raw":
+        return rec if data_path.stat().st_size == shard_nbytes(n, size) else None
+    try:
+        offsets = np.load(offsets_path(data_path))
+    except (OSError, ValueError):
+        return None
+    return rec if len(offsets) == n + 1 and offsets[-1] == data_path.stat().st_size else None
 
 
-def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, workers: int) -> dict:
+def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, workers: int,
+                    frame_format: str = "raw", jpeg_quality: int = 95) -> dict:
     """Extract every video listed in ``raw_dir/index.csv`` into ``out_dir``; returns the report dict.
 
     Videos that cannot be decoded (corrupt, truncated, empty, not a video) are skipped and listed in
     ``report.json``. Existing valid shards are kept, so a re-run after a kill resumes where it stopped.
+    ``frame_format``: "raw" (exact uint8) or "jpeg" (at ``jpeg_quality``), see :mod:`larp.data.frames`.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     for name, value, low in (("size", size, 1), ("shard_videos", shard_videos, 1), ("workers", workers, 1)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
+    if frame_format not in SHARD_EXT:
+        raise ValueError(f"frame_format must be one of {sorted(SHARD_EXT)}, got {frame_format!r}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
+    ext = SHARD_EXT[frame_format]
     index_path = raw_dir / "index.csv"
     if not index_path.is_file():
         raise FileNotFoundError(f"{index_path}: index table not found (run `larp download` first)")
@@ -160,37 +188,52 @@ def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, 
 
     n_shards = max(1, -(-len(index) // shard_videos))
     slices = [index.iloc[k * shard_videos : (k + 1) * shard_videos] for k in range(n_shards)]
-    for old in out_dir.glob("shard-*"):  # shards beyond this index's count (a smaller index than before)
-        if (m := re.fullmatch(r"shard-(\d{5})\.(u8|json)", old.name)) and int(m.group(1)) >= n_shards:
+    # files of shards beyond this index's count (a smaller index than before) or of the other frame format
+    keep = {ext, ".json"} | ({OFFSETS_EXT} if frame_format == "jpeg" else set())
+    for old in out_dir.glob("shard-*"):
+        if (m := re.fullmatch(r"shard-(\d{5})(\..+)", old.name)) and (int(m.group(1)) >= n_shards
+                                                                   or m.group(2) not in keep):
             old.unlink()
     records: dict[int, dict] = {}
     for k, sl in enumerate(slices):
-        rec = _shard_is_valid(out_dir, k, sl["video_id"].tolist(), size)
+        rec = _shard_is_valid(out_dir, k, sl["video_id"].tolist(), size, frame_format, jpeg_quality)
         if rec is not None:
             records[k] = rec
     pending = [k for k in range(n_shards) if k not in records]
-    jobs = [(str(raw_dir / p), size) for k in pending for p in slices[k]["path"]]
+    jobs = [(str(raw_dir / p), size, frame_format, jpeg_quality) for k in pending for p in slices[k]["path"]]
 
     bar = tqdm(total=len(index), initial=len(index) - len(jobs), desc="extract", unit="video")
     pool = mp.get_context("fork").Pool(workers, initializer=_init_worker) if workers > 1 and jobs else None
     try:
         results = pool.imap(_decode_job, jobs) if pool else map(_decode_job, jobs)
         for k in pending:
-            videos, start = [], 0
-            with atomic_path(out_dir / shard_name(k, ".u8")) as tmp, open(tmp, "wb") as f:
+            videos, start, lengths = [], 0, [np.zeros(1, np.int64)]
+            data_path = out_dir / shard_name(k, ext)
+            with atomic_path(data_path) as tmp, open(tmp, "wb") as f:
                 for vid, path in zip(slices[k]["video_id"], slices[k]["path"]):
-                    frames, error = next(results)
-                    if frames is None:
+                    out, error = next(results)
+                    if out is None:
                         videos.append({"video_id": vid, "path": path, "error": error, "frame_count": 0})
                     else:
-                        assert frames.dtype == FRAME_DTYPE and frames.shape[1:] == (size, size, 3)
-                        f.write(frames.tobytes())
-                        videos.append(
-                            {"video_id": vid, "path": path, "frame_start": start, "frame_count": len(frames)}
-                        )
-                        start += len(frames)
+                        if frame_format == "jpeg":
+                            blob, sizes, n = out
+                            f.write(blob)
+                            lengths.append(sizes)
+                        else:
+                            assert out.dtype == FRAME_DTYPE and out.shape[1:] == (size, size, 3)
+                            f.write(out.tobytes())
+                            n = len(out)
+                        videos.append({"video_id": vid, "path": path, "frame_start": start, "frame_count": n})
+                        start += n
                     bar.update(1)
-            records[k] = {"size": size, "video_ids": slices[k]["video_id"].tolist(), "videos": videos}
+            if frame_format == "jpeg":
+                with atomic_path(offsets_path(data_path)) as tmp, open(tmp, "wb") as f:
+                    np.save(f, np.cumsum(np.concatenate(lengths)))
+            # the record last: it marks the shard complete
+            records[k] = {"size": size, "frame_format": frame_format, "video_ids": slices[k]["video_id"].tolist(),
+                          "videos": videos}
+            if frame_format == "jpeg":
+                records[k]["jpeg_quality"] = jpeg_quality
             atomic_write_json(out_dir / shard_name(k, ".json"), records[k])
     finally:
         bar.close()
@@ -204,7 +247,7 @@ def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, 
             if "error" in v:
                 skipped.append({"path": v["path"], "reason": v["error"]})
             else:
-                rows.append((v["video_id"], shard_name(k, ".u8"), v["frame_start"], v["frame_count"]))
+                rows.append((v["video_id"], shard_name(k, ext), v["frame_start"], v["frame_count"]))
     where = pd.DataFrame(rows, columns=["video_id", "shard", "frame_start", "frame_count"])
     videos_table = index.merge(where, on="video_id", how="inner", validate="one_to_one")
     atomic_write_text(out_dir / "videos.csv", videos_table.to_csv(index=False))
@@ -215,7 +258,11 @@ def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, 
         "frames": int(videos_table["frame_count"].sum()),
         "size": size,
         "shards": n_shards,
-        "format": "raw uint8 (frames, size, size, 3) per shard; rows located by videos.csv",
+        "frame_format": frame_format,
+        "jpeg_quality": jpeg_quality if frame_format == "jpeg" else None,
+        "format": ("raw uint8 (frames, size, size, 3) per shard" if frame_format == "raw" else
+                   f"one JPEG (quality {jpeg_quality}) per frame, concatenated per shard, byte offsets in "
+                   f"shard-*{OFFSETS_EXT}") + "; rows located by videos.csv",
         "skipped_files": skipped,
     }
     atomic_write_json(out_dir / "report.json", report)
