@@ -103,7 +103,8 @@ def test_tokenizer_data_mix_per_preset_and_the_dvc_dataset_list(tmp_path):
     assert tokenizer_datasets(pf.resolve("k600"), "k600") == ("k600", "ucf101")
     assert tokenizer_datasets(pf.resolve("embedded"), "embedded") == ("embedded",)
     # K600's frames are stored as JPEG (raw would be ~5 TB); the others exact
-    assert [(getattr(pf.resolve(d), d).frame_format) for d in ("k600", "ucf101", "embedded")] == ["jpeg", "raw", "raw"]
+    assert [getattr(pf.resolve(d).storage, d).frame_format for d in ("k600", "ucf101", "embedded")] == [
+        "jpeg", "raw", "raw"]
     # `datasets` (what dvc.yaml acquires) must be exactly the built dataset and its tokenizer's data
     ok = write(tmp_path, {"dataset": "ucf101", "datasets": ["ucf101", "k600"]})
     assert read_params_file(ok).datasets == ("ucf101", "k600")

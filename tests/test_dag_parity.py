@@ -40,7 +40,7 @@ def _copy_repo(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("old, new, field", [
     ("--out data/frames/{wildcards.dataset} 2>", "--out data/frames/{wildcards.dataset} --fast 2>", "extract@embedded.cmd"),
-    ('tracked("presets.{dataset}", "data", "{dataset}")', 'tracked("presets.{dataset}", "data")',
+    ('tracked("presets.{dataset}", "data", "storage.{dataset}")', 'tracked("presets.{dataset}", "data")',
      "extract@embedded.params"),
     ('"src/larp/data",', "", "extract@embedded.deps"),
 ])

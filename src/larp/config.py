@@ -63,7 +63,7 @@ class DataParams:
 
 @dataclass
 class FrameStorage:
-    """How `larp extract` stores a dataset's frames (a field of every dataset's group; larp.data.frames).
+    """How `larp extract` stores one dataset's frames (larp.data.frames).
 
     raw: exact uint8, 48 KiB per 128x128 frame (UCF-101: ~120 GB). jpeg: libjpeg-turbo at ``jpeg_quality``,
     ~7x smaller but lossy; the default for Kinetics-600, whose raw frames would take ~5 TB.
@@ -72,30 +72,42 @@ class FrameStorage:
     frame_format: Literal["raw", "jpeg"] = "raw"
     jpeg_quality: int = 95
 
-    def _validate_storage(self, group: str) -> None:
+    def validate(self, group: str = "storage") -> None:
         _check(1 <= self.jpeg_quality <= 100, f"{group}.jpeg_quality", f"must be in [1, 100], got {self.jpeg_quality}")
 
 
 @dataclass
-class UCF101Params(FrameStorage):
-    source: Literal["official", "mirror"] = "official"  # official RAR + split zip, or the zip mirror
+class StorageParams:
+    """Frame storage per dataset: a group of its own, so that the download stages (which track the dataset
+    groups) do not rerun when only the storage changes, and extraction tracks only this."""
+
+    embedded: FrameStorage = field(default_factory=FrameStorage)
+    ucf101: FrameStorage = field(default_factory=FrameStorage)
+    k600: FrameStorage = field(default_factory=lambda: FrameStorage(frame_format="jpeg"))  # ~0.7 TB, not ~5 TB
 
     def validate(self) -> None:
-        self._validate_storage("ucf101")  # (the Literal types are checked on load)
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f"storage.{f.name}")
 
 
 @dataclass
-class K600Params(FrameStorage):
+class UCF101Params:
+    source: Literal["official", "mirror"] = "official"  # official RAR + split zip, or the zip mirror
+
+    def validate(self) -> None:
+        pass  # the Literal type is checked on load
+
+
+@dataclass
+class K600Params:
     """Kinetics-600 from the CVDF mirror's published part lists (see larp.data.k600)."""
 
-    frame_format: Literal["raw", "jpeg"] = "jpeg"  # ~0.7 TB of frames at 128x128 instead of ~5 TB raw
     splits: tuple[str, ...] = ("train", "val")
     workers: int = 4  # parts downloaded and extracted at once
     max_bad_fraction: float = 0.01  # missing / truncated / undecodable clips tolerated before the stage fails
     keep_archives: bool = True
 
     def validate(self) -> None:
-        self._validate_storage("k600")
         _check(len(self.splits) >= 1 and set(self.splits) <= {"train", "val"}, "k600.splits",
                f"must be a non-empty subset of ['train', 'val'], got {list(self.splits)}")
         _check(self.workers >= 1, "k600.workers", "must be >= 1")
@@ -103,7 +115,7 @@ class K600Params(FrameStorage):
 
 
 @dataclass
-class EmbeddedParams(FrameStorage):
+class EmbeddedParams:
     """The self-generated dataset: shapes and textures moving in class-specific ways."""
 
     num_classes: int = 8
@@ -117,7 +129,6 @@ class EmbeddedParams(FrameStorage):
     seed: int = 0
 
     def validate(self) -> None:
-        self._validate_storage("embedded")
         _check(2 <= self.num_classes <= 12, "embedded.num_classes", "must be in [2, 12]")
         _check(self.train_per_class >= 1, "embedded.train_per_class", "must be >= 1")
         _check(self.test_per_class >= 0, "embedded.test_per_class", "must be >= 0")
@@ -430,6 +441,7 @@ class Params:
     ucf101: UCF101Params = field(default_factory=UCF101Params)
     k600: K600Params = field(default_factory=K600Params)
     embedded: EmbeddedParams = field(default_factory=EmbeddedParams)
+    storage: StorageParams = field(default_factory=StorageParams)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     prior: PriorParams = field(default_factory=PriorParams)

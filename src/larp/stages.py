@@ -43,10 +43,10 @@ def download(dataset: str, out: Path, params: Params) -> None:
 
 def extract(dataset: str, raw: Path, out: Path, params: Params) -> None:
     """`larp extract`: every video decoded once, resized + centre-cropped, stored in shards in the dataset's
-    ``frame_format`` (``<dataset>.frame_format``: raw, or jpeg for Kinetics-600)."""
+    frame format (``storage.<dataset>``: raw, or jpeg for Kinetics-600)."""
     from larp.data.extract import extract_dataset
 
-    storage = getattr(params, dataset)
+    storage = getattr(params.storage, dataset)
     extract_dataset(Path(raw), Path(out), size=params.data.size, shard_videos=params.data.shard_videos,
                     workers=params.data.workers, frame_format=storage.frame_format,
                     jpeg_quality=storage.jpeg_quality)

@@ -19,7 +19,7 @@ rule extract:
     output:
         directory("data/frames/{dataset}"),
     params:
-        tracked=tracked("presets.{dataset}", "data", "{dataset}"),
+        tracked=tracked("presets.{dataset}", "data", "storage.{dataset}"),
     threads: stage_threads("extract")
     resources:
         **stage_resources("extract"),
