@@ -151,6 +151,17 @@ def test_download_index_report_and_extract(mirror, tmp_path):
     assert list(store.frame_counts) == list(df["num_frames"])
     assert (store.table["split1"] == "test").sum() == 3
 
+    # the `larp extract` stage stores K600 as JPEG (storage.k600), and the training clips read it
+    from larp import stages
+    from larp.config import preset
+    from larp.data.clips import ClipDataset
+
+    stages.extract("k600", out, tmp_path / "frames_jpeg", preset("tiny"))
+    jpeg = FrameStore(tmp_path / "frames_jpeg")
+    assert jpeg.frame_format == "jpeg" and list(jpeg.frame_counts) == list(df["num_frames"])
+    clips = ClipDataset(tmp_path / "frames_jpeg", split="train", mode="train", frames=16)
+    assert len(clips) == 4 and clips[0][0].shape == (3, 16, 32, 32)
+
 
 def test_threshold_fails_with_list_then_rerun_passes_without_refetching(mirror, tmp_path):
     out = tmp_path / "k600"
