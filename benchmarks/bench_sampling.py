@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_sampling.py [--preset tiny] [--seq-len 1024] [--batch-sizes 1 4 16 64]
        [--reference-batch-sizes 1 4] [--cfg-scale 1.25] [--device cpu] [--dtype fp32] [--threads N]
-       [--out results.json]
+       [--decode eager|static|compiled] [--out results.json]
 
 Every run samples full ``seq-len``-token sequences (CFG doubles the batch, as in the UCF-101 protocol).
 Prints, per batch size, samples/s (full token sequences, before decoding to pixels), generated tokens/s (conditional rows only) with the cache, without it where measured,
@@ -20,7 +20,7 @@ import torch
 from larp.files import atomic_write_json
 from larp.models.generator import LARPGenerator
 from larp.provenance import provenance
-from larp.sample import generate, generate_reference, sample_generators
+from larp.sample import DECODE_MODES, generate, generate_reference, sample_generators
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="autocast dtype (fp32: none)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--decode", default="eager", choices=DECODE_MODES,
+                    help="cached decode step: eager, static shapes, or static under torch.compile (CUDA graphs)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args()
     if args.threads:
@@ -56,7 +58,8 @@ def main() -> None:
     model = LARPGenerator.from_preset(args.preset, seq_len=args.seq_len).to(device).eval()
     torch.nn.init.normal_(model.output.weight, std=0.3)  # an untrained zero head would sample uniformly
     print(f"preset {args.preset} ({model.num_params() / 1e6:.2f}M params), seq_len {args.seq_len}, "
-          f"cfg {args.cfg_scale}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}")
+          f"cfg {args.cfg_scale}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
+          f"decode {args.decode}")
     print(f"{'batch':>5} {'cache_s':>9} {'samples/s':>9} {'cache_tok/s':>12} {'nocache_s':>10} {'nocache_tok/s':>14} "
           f"{'speedup':>8} {'same_tokens':>11}")
 
@@ -65,7 +68,8 @@ def main() -> None:
         gens = sample_generators(0, range(len(labels)))
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             if cached:
-                return generate(model, labels, cfg_scale=args.cfg_scale, generator=gens, cache_dtype=dtype)
+                return generate(model, labels, cfg_scale=args.cfg_scale, generator=gens, cache_dtype=dtype,
+                                decode=args.decode)
             return generate_reference(model, labels, cfg_scale=args.cfg_scale, generator=gens)
 
     rows = []

@@ -108,6 +108,15 @@ def test_shard_count_does_not_change_the_samples(setup: dict, tmp_path: Path) ->
     assert len(np.unique(v2.reshape(5, -1), axis=0)) > 1  # not one video repeated
 
 
+def test_static_decode_step_gives_the_same_shard(setup: dict, tmp_path: Path) -> None:
+    """sample.decode reaches the sampler: the fixed-shape step draws the same videos on the CPU."""
+    params = tiny(sample={"decode": "static"})
+    sample_shard(setup["frames"], setup["tok"], setup["ar"], 1, tmp_path / "shard-001", params, progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "shard-001" / "videos.npy"),
+                                  np.load(setup["samples"] / "shard-001" / "videos.npy"))
+    assert json.loads((tmp_path / "shard-001" / "sample.json").read_text())["params"]["sample"]["decode"] == "static"
+
+
 def test_more_shards_than_samples_is_a_clear_error(setup: dict, tmp_path: Path) -> None:
     # caught when the parameters are loaded, before any sampling work
     with pytest.raises(ParamsError, match=r"sample\.shards: 3 sampling shards for fvd\.num_clips=2"):

@@ -185,3 +185,39 @@ def test_bf16_autocast_path_runs_on_cpu():
     out = sample_tokens(m, [(0, 1), (1, 2), (2, 3)], **kwargs(dtype=DTYPES["bf16"], batch_size=2))
     assert out.tokens.shape == (3, 16) and out.tokens.dtype == torch.long
     assert out.nll.dtype == torch.float32 and torch.isfinite(out.nll).all()
+
+
+def test_static_shape_decoding_draws_the_same_tokens():
+    # the fixed-shape step (whole cache under a mask, for torch.compile / CUDA graphs) against the eager one,
+    # class-conditional with guidance and frame prediction
+    m = tiny(seq_len=48)
+    c = torch.tensor([0, 3, 5, 7, 2])
+    eager = generate(m, c, cfg_scale=1.25, generator=sample_generators(3, range(5)))
+    static = generate(m, c, cfg_scale=1.25, generator=sample_generators(3, range(5)), decode="static")
+    assert torch.equal(static, eager)
+    torch.manual_seed(0)
+    fp = LARPGenerator.from_preset("tiny", seq_len=16, frame_prediction=True).eval()
+    torch.nn.init.normal_(fp.output.weight, std=0.3)
+    cond = torch.randint(0, fp.cfg.vocab_size, (3, 16), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(generate(fp, cond, generator=sample_generators(0, range(3)), decode="static"),
+                       generate(fp, cond, generator=sample_generators(0, range(3))))
+    with pytest.raises(ValueError, match="decode: must be one of"):
+        generate(m, c, generator=sample_generators(3, range(5)), decode="graphs")
+
+
+@pytest.mark.slow
+def test_compiled_decoding_draws_the_same_tokens_and_reuses_its_graph():
+    # torch.compile(fullgraph=True) of the static step: no graph break, one compilation for every step and
+    # for a second batch of the same size (the cache storage is kept on the model at fixed addresses)
+    import torch._dynamo.utils as dynamo_utils
+
+    m = tiny(seq_len=24)
+    c = torch.tensor([1, 4, 6])
+    eager = generate(m, c, cfg_scale=1.25, generator=sample_generators(5, range(3)))
+    dynamo_utils.counters.clear()
+    compiled = generate(m, c, cfg_scale=1.25, generator=sample_generators(5, range(3)), decode="compiled")
+    assert torch.equal(compiled, eager)
+    frames_compiled = dynamo_utils.counters["stats"]["unique_graphs"]
+    again = generate(m, c, cfg_scale=1.25, generator=sample_generators(5, range(3)), decode="compiled")
+    assert torch.equal(again, eager)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == frames_compiled == 1

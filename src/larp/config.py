@@ -362,6 +362,9 @@ class SampleParams:
     shards: tuple[int, ...] = tuple(range(20))  # sampling jobs the workflow fans out to: 0, 1, ..., S-1
     seed: int = 0
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # decode step: eager; static (fixed shapes); compiled (static under torch.compile, CUDA graphs on a GPU:
+    # the same samples, tested on CPU; its GPU speed is not measured yet, so eager stays the default)
+    decode: Literal["eager", "static", "compiled"] = "eager"
 
     def validate(self) -> None:
         _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")

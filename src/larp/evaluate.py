@@ -99,7 +99,7 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
 
     res = sample_videos(gen, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
                         top_p=s.top_p, seed=s.seed, batch_size=s.batch_size, device=device, dtype=dtype,
-                        progress=progress)
+                        progress=progress, decode=s.decode)
     table = pd.DataFrame({"index": [i for i, _ in pairs], "label": [c for _, c in pairs], "nll": res.nll})
     _write_shard(out_dir, res.videos, table, mp4s=2, meta=provenance(
         {"sample": dataclasses.asdict(s)}, inputs={"tokenizer": sha256_file(tokenizer_weights),
@@ -350,7 +350,7 @@ def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path,
     dtype = DTYPES[s.dtype] if device.type == "cuda" else torch.float32
     res = sample_videos(gen, lambda ids: tok.decode(ids).float(), pairs, cfg_scale=1.0,
                         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed,
-                        batch_size=s.batch_size, device=device, dtype=dtype, progress=progress)
+                        batch_size=s.batch_size, device=device, dtype=dtype, progress=progress, decode=s.decode)
     table = pd.DataFrame({"index": part["index"], "video_id": part["video_id"], "start": part["start"],
                           "nll": res.nll})
     _write_shard(out_dir, res.videos, table, mp4s=1, meta=provenance(

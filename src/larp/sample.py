@@ -173,24 +173,49 @@ def _eval_mode(model: LARPGenerator) -> Iterator[None]:
         model.train(was_training)
 
 
+DECODE_MODES = ("eager", "static", "compiled")
+
+
+def compiled_decode_step(model: LARPGenerator) -> Callable[[Tensor, Tensor], Tensor]:
+    """``model.decode_step_static`` under ``torch.compile``, built once per model: one graph for every step
+    (``fullgraph``: a graph break is an error); on CUDA with ``mode="reduce-overhead"`` (CUDA graphs), which
+    is what a launch-bound decode loop needs."""
+    fn = model.__dict__.get("_compiled_decode_step")
+    if fn is None:
+        mode = "reduce-overhead" if model.abs_pe.is_cuda else None
+        fn = torch.compile(model.decode_step_static, mode=mode, fullgraph=True, dynamic=False)
+        model.__dict__["_compiled_decode_step"] = fn
+    return fn
+
+
 @torch.no_grad()
 def generate(model: LARPGenerator, condition: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: Randomness,
-             cache_dtype: torch.dtype | None = None) -> Tensor:
+             cache_dtype: torch.dtype | None = None, decode: str = "eager") -> Tensor:
     """Sample (b, seq_len) int64 token ids for ``condition`` with a static KV cache.
 
     ``condition``: class ids (b,), or with frame prediction the condition tokens (b, seq_len) (cfg_scale
     must then be 1). ``generator``: one torch.Generator for the batch, or one per row (then row r depends only on its own
     generator). ``cache_dtype``: dtype of the KV cache (default: the model's; pass the autocast dtype when
     running under autocast). The cache is installed for this call and removed afterwards.
+    ``decode``: "eager" (the cache read up to the current length), "static" (fixed shapes: the whole cache
+    under a mask) or "compiled" (static under ``torch.compile``; CUDA graphs on a GPU; the cache storage is
+    kept on the model for the next call). Same samples up to floating-point summation order.
     """
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode: must be one of {DECODE_MODES}, got {decode!r}")
     _check_sampling_args(model, condition, cfg_scale)
     b, n = condition.shape[0], model.cfg.seq_len
     u = draw_uniforms(generator, b, n, condition.device)
     guided, feed = _guided(model, condition, cfg_scale)
     out = torch.empty(b, n, dtype=torch.long, device=condition.device)
+    step = compiled_decode_step(model) if decode == "compiled" else model.decode_step_static
+    pos = torch.zeros(1, dtype=torch.long, device=condition.device)
     with _eval_mode(model):
-        model.setup_cache(feed.shape[0], dtype=cache_dtype)
+        cache = model.setup_cache(feed.shape[0], dtype=cache_dtype, reuse=decode == "compiled")
+        if decode == "compiled":
+            for t in (*cache.k, *cache.v):  # fixed addresses: CUDA graphs may update them in place
+                torch._dynamo.mark_static_address(t)
         try:
             logits = model.prefill(feed)
             for t in range(n):
@@ -198,7 +223,13 @@ def generate(model: LARPGenerator, condition: Tensor, *, cfg_scale: float = 1.0,
                                     top_k=top_k, top_p=top_p)
                 out[:, t] = tok
                 if t + 1 < n:  # z_t enters at sequence position cond_len + t
-                    logits = model.decode_step(torch.cat([tok, tok]) if guided else tok, model.cond_len + t)
+                    x = torch.cat([tok, tok]) if guided else tok
+                    if decode == "eager":
+                        logits = model.decode_step(x, model.cond_len + t)
+                    else:
+                        pos.fill_(model.cond_len + t)
+                        logits = step(x, pos)
+                        cache.length = model.cond_len + t + 1
         finally:
             model.remove_cache()
     return out
@@ -302,11 +333,13 @@ def _conditions(chunk: Sequence[Pair], model: LARPGenerator, device: torch.devic
 def iter_sample_batches(model: LARPGenerator, pairs: Sequence[Pair], *, cfg_scale: float,
                         temperature: float, top_k: int | None, top_p: float | None, seed: int,
                         batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
-                        progress: bool = True) -> Iterator[tuple[Sequence[Pair], SampledTokens]]:
+                        progress: bool = True, decode: str = "eager",
+                        ) -> Iterator[tuple[Sequence[Pair], SampledTokens]]:
     """Yield (pairs of the batch, their tokens and NLL) batch by batch; sample i uses generator (seed, i).
 
     ``pairs``: (sample index, label), or with frame prediction (sample index, condition tokens (seq_len,)).
     ``dtype``: float32, or bfloat16/float16 to run the model under autocast (the KV cache then uses it too).
+    ``decode``: the decode step of :func:`generate` (eager, static or compiled).
     """
     _check_pairs(pairs, model)
     if batch_size < 1:
@@ -318,7 +351,7 @@ def iter_sample_batches(model: LARPGenerator, pairs: Sequence[Pair], *, cfg_scal
         gens = sample_generators(seed, [i for i, _ in chunk])
         with _autocast(device, dtype):
             tokens = generate(model, condition, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
-                              top_p=top_p, generator=gens, cache_dtype=dtype)
+                              top_p=top_p, generator=gens, cache_dtype=dtype, decode=decode)
             nll = sequence_nll(model, condition, tokens)
         bar.update(len(chunk))
         yield chunk, SampledTokens(tokens, nll)
@@ -328,11 +361,11 @@ def iter_sample_batches(model: LARPGenerator, pairs: Sequence[Pair], *, cfg_scal
 def sample_tokens(model: LARPGenerator, pairs: Sequence[Pair], *, cfg_scale: float,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int,
                   batch_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
-                  progress: bool = True) -> SampledTokens:
+                  progress: bool = True, decode: str = "eager") -> SampledTokens:
     """All of :func:`iter_sample_batches` concatenated on the CPU, in the order of ``pairs``."""
     parts = [s for _, s in iter_sample_batches(
         model, pairs, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        batch_size=batch_size, device=device, dtype=dtype, progress=progress)]
+        batch_size=batch_size, device=device, dtype=dtype, progress=progress, decode=decode)]
     return SampledTokens(torch.cat([p.tokens.cpu() for p in parts]), torch.cat([p.nll.cpu() for p in parts]))
 
 
@@ -352,7 +385,7 @@ def sample_videos(generator_model: LARPGenerator, tokenizer_decode_fn: Callable[
                   pairs: Sequence[Pair], *, cfg_scale: float, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None, seed: int, batch_size: int,
                   device: torch.device | str, dtype: torch.dtype = torch.float32,
-                  progress: bool = True) -> SampledVideos:
+                  progress: bool = True, decode: str = "eager") -> SampledVideos:
     """Videos for (index, label) pairs (frame prediction: (index, condition tokens)): tokens ->
     ``tokenizer_decode_fn`` -> uint8. The decoded clip is the full generated clip (for frame prediction the
     context frames are regenerated, not pasted from the condition).
@@ -365,7 +398,7 @@ def sample_videos(generator_model: LARPGenerator, tokenizer_decode_fn: Callable[
     nlls: list[np.ndarray] = []
     for _, s in iter_sample_batches(generator_model, pairs, cfg_scale=cfg_scale, temperature=temperature,
                                     top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size, device=device,
-                                    dtype=dtype, progress=progress):
+                                    dtype=dtype, progress=progress, decode=decode):
         with torch.no_grad():
             video = tokenizer_decode_fn(s.tokens)
         videos.append(to_uint8_video(video).cpu().numpy())

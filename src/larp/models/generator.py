@@ -78,15 +78,16 @@ class KVCache:
     ``k``/``v``: one (b, h, s, d) tensor per layer, s = max_len rounded up to a multiple of 8 (LlamaGen's
     alignment).
     ``length`` counts the positions written so far; ``batch`` is the batch of the running generation (<= the
-    capacity, so a smaller last batch reuses the same storage). Entries past ``length`` are never read, so the
-    storage is left uninitialised.
+    capacity, so a smaller last batch reuses the same storage). The storage starts zeroed: the static-shape
+    step (:meth:`LARPGenerator.decode_step_static`) attends over all of it under a mask, and a masked
+    position's value still enters the weighted sum with weight 0, which NaN garbage would poison.
     """
 
     def __init__(self, layers: int, batch_size: int, heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
         shape = (batch_size, heads, round_up(max_len, 8), head_dim)
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.max_len = max_len
         self.capacity = batch_size
         self.batch = batch_size
@@ -103,6 +104,14 @@ class KVCache:
         kc[:, :, start:end] = k
         vc[:, :, start:end] = v
         return kc[:, :, :end], vc[:, :, :end]
+
+    def write_at(self, layer: int, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store one position's k, v (b, h, 1, d) at ``pos`` (a 1-element long tensor); return the whole
+        storage (fixed shapes: what CUDA graphs and ``torch.compile`` need)."""
+        kc, vc = self.k[layer][: self.batch], self.v[layer][: self.batch]
+        kc.index_copy_(2, pos, k)
+        vc.index_copy_(2, pos, v)
+        return kc, vc
 
 
 class Attention(nn.Module):
@@ -127,9 +136,17 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x)
         return self._out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
-    def step(self, x: Tensor, cache: KVCache, layer: int, start: int) -> Tensor:
-        """New positions [start, start + n) against the cached prefix: (b, n, dim) -> (b, n, dim)."""
+    def step(self, x: Tensor, cache: KVCache, layer: int, start: int | Tensor, mask: Tensor | None = None) -> Tensor:
+        """New positions [start, start + n) against the cached prefix: (b, n, dim) -> (b, n, dim).
+
+        With ``start`` a 1-element tensor (one new position) the shapes are static: the key/value is written
+        at ``start`` and the query attends over the whole cache under ``mask`` (keys <= start).
+        """
         q, k, v = self._qkv(x)
+        if isinstance(start, Tensor):
+            keys, values = cache.write_at(layer, start, k, v)
+            y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
+            return self._out(y)
         keys, values = cache.write(layer, start, k, v)
         keys, values = keys.to(q.dtype), values.to(q.dtype)  # cache dtype may differ from autocast's
         n = q.shape[2]
@@ -158,8 +175,8 @@ class Block(nn.Module):
         h = x + self.attention(self.attention_norm(x))
         return h + self.feed_forward(self.ffn_norm(h))
 
-    def step(self, x: Tensor, cache: KVCache, layer: int, start: int) -> Tensor:
-        h = x + self.attention.step(self.attention_norm(x), cache, layer, start)
+    def step(self, x: Tensor, cache: KVCache, layer: int, start: int | Tensor, mask: Tensor | None = None) -> Tensor:
+        h = x + self.attention.step(self.attention_norm(x), cache, layer, start, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -307,12 +324,22 @@ class LARPGenerator(nn.Module):
     # ---------------------------------------------------------------------------------------------
     # KV-cache inference
 
-    def setup_cache(self, batch_size: int, *, dtype: torch.dtype | None = None) -> KVCache:
-        """Install a static cache for up to ``batch_size`` rows and all ``max_len`` positions."""
-        p = self.abs_pe
-        c = self.cfg
-        self.cache = KVCache(c.depth, batch_size, c.heads, self.max_len, c.width // c.heads,
-                             dtype or p.dtype, p.device)
+    def setup_cache(self, batch_size: int, *, dtype: torch.dtype | None = None, reuse: bool = False) -> KVCache:
+        """Install a static cache for up to ``batch_size`` rows and all ``max_len`` positions.
+
+        ``reuse``: keep the storage on the model and hand the same tensors to the next ``reuse`` call of the
+        same size (compiled / CUDA-graph decoding needs fixed addresses; it then holds the memory).
+        """
+        p, c = self.abs_pe, self.cfg
+        dtype = dtype or p.dtype
+        spare = self.__dict__.get("_spare_cache") if reuse else None
+        if spare is not None and (spare.capacity, spare.dtype, spare.k[0].device) == (batch_size, dtype, p.device):
+            spare.batch, spare.length = batch_size, 0  # stale entries are finite and never attended to
+            self.cache = spare
+        else:
+            self.cache = KVCache(c.depth, batch_size, c.heads, self.max_len, c.width // c.heads, dtype, p.device)
+        if reuse:
+            self.__dict__["_spare_cache"] = self.cache
         return self.cache
 
     def remove_cache(self) -> None:
@@ -357,6 +384,21 @@ class LARPGenerator(nn.Module):
         if tokens.shape != (cache.batch,):
             raise ValueError(f"tokens: expected shape ({cache.batch},), got {tuple(tokens.shape)}")
         return self._step(self.tok_embeddings(tokens)[:, None], pos)
+
+    def decode_step_static(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        """:meth:`decode_step` with static shapes, for ``torch.compile`` / CUDA graphs: ``pos`` is a 1-element
+        long tensor on the model's device (the next free position), so one compiled graph serves every step.
+
+        No checks (they would break the graph): the caller keeps ``pos`` equal to ``cache.length`` and sets
+        ``cache.length = pos + 1`` afterwards. Same logits as :meth:`decode_step` up to summation order.
+        """
+        cache = self.cache
+        assert cache is not None
+        h = self.tok_dropout(self.tok_embeddings(tokens)[:, None]) + self.abs_pe.index_select(1, pos)
+        mask = (torch.arange(cache.k[0].shape[2], device=pos.device) <= pos)[None]  # (1, s): keys so far
+        for i, block in enumerate(self.layers):
+            h = block.step(h, cache, i, pos, mask)
+        return self._logits(h[:, -1])
 
     def generate(self, condition: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
