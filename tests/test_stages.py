@@ -37,6 +37,13 @@ def test_several_gpus_relaunch_under_torchrun(monkeypatch):
                       "ucf101", "--out", "x.safetensors"]]
 
 
+def test_tokenize_relaunches_over_the_allocation_before_any_work(monkeypatch, tmp_path):
+    calls = _fake_gpus(monkeypatch, 2)
+    with pytest.raises(Exec):  # the frames do not exist: nothing was read before the relaunch
+        stages.tokenize("ucf101", tmp_path / "none", tmp_path / "t.safetensors", tmp_path / "tokens", None)
+    assert calls and calls[0][:3] == ["torchrun", "--standalone", "--nproc-per-node=2"]
+
+
 @pytest.mark.parametrize("gpus, local_rank", [(1, None), (0, None), (4, "0")])
 def test_no_relaunch_with_one_gpu_or_inside_torchrun(monkeypatch, gpus, local_rank):
     calls = _fake_gpus(monkeypatch, gpus)

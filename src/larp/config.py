@@ -420,7 +420,10 @@ class ResourcesParams:
     extract: StageResources = field(default_factory=lambda: StageResources(cpus=16, mem_mb=32000, runtime=240))
     train_tokenizer: StageResources = field(
         default_factory=lambda: StageResources(gpus=8, cpus=64, mem_mb=256000, runtime=4320))
-    tokenize: StageResources = field(default_factory=lambda: StageResources(gpus=1, cpus=8, mem_mb=64000, runtime=480))
+    # 8 GPUs (data-parallel shards): K600's tokenization, every clip offset of ~390k videos (twice for frame
+    # prediction), is the big one; UCF-101 takes minutes
+    tokenize: StageResources = field(
+        default_factory=lambda: StageResources(gpus=8, cpus=32, mem_mb=128000, runtime=480))
     train_ar: StageResources = field(
         default_factory=lambda: StageResources(gpus=8, cpus=32, mem_mb=256000, runtime=4320))
     # frame prediction on K600-train: 8 GPUs as train_larp_ar_fp_reproduce.sh (global batch 64, 75 epochs)

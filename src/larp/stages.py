@@ -130,9 +130,10 @@ def _variant(params: Params, fp: bool) -> Params:
 
 def tokenize(dataset: str, frames: Path, tokenizer: Path, out: Path, params: Params, fp: bool = False) -> None:
     """`larp tokenize`: token ids of every training clip (all offsets at clip_stride, both flips); with
-    ``fp`` also the condition tokens of frame prediction."""
+    ``fp`` also the condition tokens of frame prediction. Data-parallel over every GPU of the allocation."""
     from larp.tokenize import tokenize_dataset
 
+    _launch_torchrun_if_multi_gpu()  # ranks split the shards; the last one to finish writes clips.csv
     tokenize_dataset(Path(frames), Path(tokenizer), Path(out), _variant(params, fp))
 
 
