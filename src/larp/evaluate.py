@@ -218,18 +218,27 @@ def _result_common(detector, params: Params, refs: pd.DataFrame, t0: float) -> d
     }
 
 
+def _score_shards(frames_dir: Path, samples_dir: Path, refs: pd.DataFrame, params: Params,
+                  cache_dir: Path | None, progress: bool, resize: int | None = None) -> tuple:
+    """The checked sample shards of ``refs``' protocol scored against the real clips: (shards, detector,
+    real-features cache entry, FVD report). gFVD and FP-FVD differ only in ``refs`` and ``resize``."""
+    shards = _load_shards(samples_dir, refs, params)
+    detector = load_detector(params.fvd.detector, device=_device())
+    real, real_cache = _real_features(frames_dir, refs, detector, params,
+                                      cache_dir or frames_dir.parent.parent / "fvd_cache", progress, resize=resize)
+    gen = _generated_features(detector, shards, params, progress, resize=resize)
+    return shards, detector, real_cache, fvd_report(real, gen, bootstrap=params.fvd.bootstrap,
+                                                    seed=params.fvd.clip_seed)
+
+
 def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,
          cache_dir: Path | None = None, progress: bool = True) -> dict:
     """FVD of the merged sample shards against the protocol's real clips; writes ``out`` (JSON)."""
     t0 = time.time()
-    frames_dir, samples_dir, out = Path(frames_dir), Path(samples_dir), Path(out)
+    frames_dir, out = Path(frames_dir), Path(out)
     refs = gfvd_clips(frames_dir, params)
-    shards = _load_shards(samples_dir, refs, params)
-    detector = load_detector(params.fvd.detector, device=_device())
-    real, real_cache = _real_features(frames_dir, refs, detector, params,
-                                      cache_dir or frames_dir.parent.parent / "fvd_cache", progress)
-    gen = _generated_features(detector, shards, params, progress)
-    report = fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
+    shards, detector, real_cache, report = _score_shards(frames_dir, Path(samples_dir), refs, params, cache_dir,
+                                                         progress)
     nll = float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean())
     result = {
         **_fvd_header("gFVD", dataset, report),
@@ -364,15 +373,11 @@ def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params:
            cache_dir: Path | None = None, progress: bool = True) -> dict:
     """FP-FVD: generated vs real clips, both resized to ``fvd.fp_resolution`` before the I3D."""
     t0 = time.time()
-    frames_dir, samples_dir, out = Path(frames_dir), Path(samples_dir), Path(out)
+    frames_dir, out = Path(frames_dir), Path(out)
     refs = fp_clips(frames_dir, params)
-    shards = _load_shards(samples_dir, refs, params)
     size = params.fvd.fp_resolution
-    detector = load_detector(params.fvd.detector, device=_device())
-    real, cache = _real_features(frames_dir, refs, detector, params,
-                                 cache_dir or frames_dir.parent.parent / "fvd_cache", progress, resize=size)
-    gen = _generated_features(detector, shards, params, progress, resize=size)
-    report = fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
+    shards, detector, cache, report = _score_shards(frames_dir, Path(samples_dir), refs, params, cache_dir,
+                                                    progress, resize=size)
     result = {
         **_fvd_header("FP-FVD", dataset, report),
         "protocol": {"name": "FP-FVD frame prediction", "real_clips": "non-overlapping clips of the held-out videos",

@@ -123,14 +123,14 @@ def encode_jpegs(frames: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
 
 
 def _decode_job(job: tuple[str, int, str, int]) -> tuple[np.ndarray | tuple | None, str | None]:
-    """One video for the shard writer: raw frames, or (JPEG bytes, byte lengths, frame count)."""
+    """One video for the shard writer: raw frames, or (JPEG bytes, each frame's byte length)."""
     path, size, frame_format, quality = job
     try:
         frames = extract_frames(path, size)
     except VideoDecodeError as e:
         return None, e.reason
     if frame_format == "jpeg":  # encoded here, in the worker processes, where the parallelism is
-        return (*encode_jpegs(frames, quality), len(frames)), None
+        return encode_jpegs(frames, quality), None
     return frames, None
 
 
@@ -216,9 +216,10 @@ def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, 
                         videos.append({"video_id": vid, "path": path, "error": error, "frame_count": 0})
                     else:
                         if frame_format == "jpeg":
-                            blob, sizes, n = out
+                            blob, sizes = out
                             f.write(blob)
                             lengths.append(sizes)
+                            n = len(sizes)
                         else:
                             assert out.dtype == FRAME_DTYPE and out.shape[1:] == (size, size, 3)
                             f.write(out.tobytes())
