@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-
 import torch
 
 # The tests run small models on CPU: a second intra-op thread gains little there, and on a shared 2-core
@@ -16,6 +15,14 @@ import torch
 torch.set_num_threads(1)
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts with one intra-op thread (a stage's CLI may have set more), and leaves it so."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
 
 
 @dataclass

@@ -5,10 +5,26 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 FOREACH_WILDCARD = {"download": "dataset", "extract": "dataset"}  # rule -> wildcard of its dvc.yaml foreach
 _LOG_REDIRECT = re.compile(r"\s+2>\s*\S+$")  # Snakemake rules send stderr to their log: file
+
+
+def copy_project(dst: Path, names: Iterable[str]) -> Path:
+    """The named files and folders of the repo root copied to ``dst``: a work tree for the workflow tools,
+    without caches, data, results or state."""
+    for name in names:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__", "*.egg-info"))
+        else:
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst / name)
+    return dst
 
 
 @contextlib.contextmanager

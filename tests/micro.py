@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+import av
+import numpy as np
 
 from larp.config import EmbeddedParams, Params, apply_overrides, preset
 from larp.data.embedded import generate_embedded
@@ -37,3 +41,17 @@ def make_frames(root: Path) -> Path:
     write_index(build_index(raw, workers=1, progress=False), raw / "index.csv")
     extract_dataset(raw, frames, size=32, shard_videos=4, workers=1)
     return frames
+
+
+def tiny_video(frames: int, seed: int, fmt: str = "avi") -> bytes:
+    """A real MPEG-4 part 2 video (container ``fmt``: avi, mp4), 32x24 at 25 fps, ``frames`` frames of noise."""
+    buf = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    with av.open(buf, "w", format=fmt) as out:
+        s = out.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
+        for _ in range(frames):
+            img = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            out.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(s.encode())
+    return buf.getvalue()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-
-from dag import compare, dvc_stages, snakemake_jobs
+from dag import compare, copy_project, dvc_stages, snakemake_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,14 +24,8 @@ def test_dvc_and_snakemake_describe_the_same_pipeline():
 
 
 def _copy_repo(tmp_path: Path) -> Path:
-    dst = tmp_path / "repo"
-    for name in ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvc", ".dvcignore"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__"))
-        else:
-            dst.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dst / name)
+    dst = copy_project(tmp_path / "repo", ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvc",
+                                            ".dvcignore"))
     subprocess.run(["git", "init", "-q", str(dst)], check=True)  # DVC needs a git work tree
     return dst
 

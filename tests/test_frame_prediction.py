@@ -26,14 +26,6 @@ from larp.train.generator import load_generator, run_key, train_generator
 from larp.train.tokenizer import load_tokenizer, train_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_fp(seq_len: int = 16, **overrides) -> LARPGenerator:
     """Tiny FP model with a random (not zero) output head, so logits carry information."""
     torch.manual_seed(0)

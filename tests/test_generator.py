@@ -10,15 +10,6 @@ from larp.config import GeneratorConfig
 from larp.models.generator import ClassEmbedder, LARPGenerator, preset_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: intra-op threads only add sync overhead, which explodes when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**overrides) -> LARPGenerator:
     """Tiny model with a random (not zero) output head, so logits carry information."""
     torch.manual_seed(0)

@@ -8,10 +8,10 @@ import os
 import tarfile
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
+from micro import tiny_video
 
 from larp.data.archives import UnsafeArchiveError, extract_tar
 from larp.data.extract import extract_dataset
@@ -22,20 +22,6 @@ from larp.download import ChecksumError
 
 CLASSES = ["zumba", "air drumming", "abseiling"]  # sorted: abseiling 0, air drumming 1, zumba 2
 LABEL = {c: i for i, c in enumerate(sorted(CLASSES))}
-
-
-def tiny_video(frames: int, seed: int, fmt: str = "mp4") -> bytes:
-    """A real MPEG-4 part 2 video, 32x24 at 25 fps, ``frames`` frames of noise."""
-    buf = io.BytesIO()
-    rng = np.random.default_rng(seed)
-    with av.open(buf, "w", format=fmt) as out:
-        s = out.add_stream("mpeg4", rate=25)
-        s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
-        for _ in range(frames):
-            img = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
-            out.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(s.encode())
-    return buf.getvalue()
 
 
 def clip(i: int, split: str) -> dict:
@@ -77,10 +63,10 @@ def build_mirror(root: Path) -> None:
             elif c["name"] == AVI:
                 files[f"{c['name']}.avi"] = tiny_video(c["frames"], i, "avi")
             else:
-                data = tiny_video(c["frames"], i)
+                data = tiny_video(c["frames"], i, "mp4")
                 files[f"{c['name']}.mp4"] = data[: len(data) // 2] if c["name"] == TRUNCATED else data
         if split == "train":
-            files["zz_unlisted_000000_000010.mp4"] = tiny_video(5, 99)  # on disk, not annotated
+            files["zz_unlisted_000000_000010.mp4"] = tiny_video(5, 99, "mp4")  # on disk, not annotated
         names = sorted(files)
         (base / split).mkdir(parents=True)
         for k, chunk in enumerate((names[::2], names[1::2])):
@@ -221,7 +207,7 @@ def test_bad_parameters_and_annotations(tmp_path):
 
 
 def test_container_truncation(tmp_path):
-    data = tiny_video(5, 0)
+    data = tiny_video(5, 0, "mp4")
     (tmp_path / "ok.mp4").write_bytes(data)
     (tmp_path / "cut.mp4").write_bytes(data[:-10])
     (tmp_path / "empty.mp4").write_bytes(b"")

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from dag import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -53,13 +53,7 @@ def ran_stages(output: str) -> set[str]:
 
 def make_repo(path: Path) -> Path:
     """A git work tree with the project's pipeline files and the fast overrides, committed."""
-    for name in ("Snakefile", "dvc.yaml", "workflow", "src", ".dvc", ".dvcignore", ".gitignore", "slurm"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("cache", "tmp", "__pycache__"))
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, path / name)
+    copy_project(path, ("Snakefile", "dvc.yaml", "workflow", "src", ".dvc", ".dvcignore", ".gitignore", "slurm"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for group, values in FAST.items():
         params[group] = {**(params.get(group) or {}), **values}

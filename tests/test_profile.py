@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dag import copy_project
 
 from larp.config import ResourcesParams, load_params, tokenizer_datasets
 
@@ -65,14 +65,7 @@ def parse_dry_run(text: str) -> list[PlannedJob]:
 
 def copy_workflow(dst: Path) -> Path:
     """The files `snakemake` needs, copied to ``dst`` (a repo root without data, results or state)."""
-    for name in WORKFLOW_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            dst.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dst / name)
-    return dst
+    return copy_project(dst, WORKFLOW_FILES)
 
 
 def snakemake_env() -> dict[str, str]:

@@ -25,15 +25,6 @@ from larp.sample import (
 INF = float("inf")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: intra-op threads only add sync overhead, which explodes when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(seq_len: int = 32, head_std: float = 0.3) -> LARPGenerator:
     torch.manual_seed(0)
     model = LARPGenerator.from_preset("tiny", seq_len=seq_len)

@@ -43,15 +43,6 @@ from larp.train.sampler import ResumableBatches
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared CPU (and 1 thread is reproducible)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- a tiny GAN-like task: two optimizers, dropout, random data augmentation, random D labels ----
 
 

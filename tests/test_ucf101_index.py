@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -13,10 +12,10 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
+from micro import tiny_video
 
 from larp.data import archives
 from larp.data.archives import UnsafeArchiveError, extract_rar, extract_zip
@@ -38,20 +37,6 @@ def n_frames(label: int, group: int) -> int:
 def disk_name(cls: str, group: int) -> str:
     """File name as in the official RAR: HandstandPushups files use the list spelling (the naming trap)."""
     return f"v_{cls.replace('HandstandPushups', 'HandStandPushups')}_g{group:02d}_c01.avi"
-
-
-def tiny_video(frames: int, seed: int) -> bytes:
-    """A real AVI (MPEG-4 part 2), 32x24, 25 fps, ``frames`` frames of noise."""
-    buf = io.BytesIO()
-    rng = np.random.default_rng(seed)
-    with av.open(buf, "w", format="avi") as out:
-        s = out.add_stream("mpeg4", rate=25)
-        s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
-        for _ in range(frames):
-            img = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
-            out.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(s.encode())
-    return buf.getvalue()
 
 
 def list_files(splits: tuple[int, ...] = (1, 2, 3)) -> dict[str, str]:
