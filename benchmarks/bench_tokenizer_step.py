@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_tokenizer_step.py [--presets tiny mid paper] [--s
        [--amp none bf16 fp16] [--compile] [--threads 1] [--device cpu|cuda] [--out results.json]
 
 A "step" is one optimizer step of the real training loop (``larp.train.loop``'s ``run_phases``) on one
-micro-batch: every phase of ``TokenizerTask.phases(step)`` (the discriminator phase on every
+micro-batch: every phase of ``TokenizerTask.phases(step, epoch)`` (the discriminator phase on every
 ``loss.d_update_every``-th step, then the generator phase: tokenizer forward with stochastic SVQ, prior loss
 with scheduled sampling, L1 + LPIPS + VQ + GAN (+ prior) loss, backward, Adam step) under the loop's autocast,
 GradScalers and (``--compile``, CUDA only) ``torch.compile``, timed one by one over ``--steps`` steps after

@@ -126,6 +126,27 @@ def test_paper_tables_in_half_precision_pass_and_wrong_tables_fail():
         convert_state_dict(official_state("tokenizer", wrong), "tokenizer", PAPER)
 
 
+def test_official_tokenizer_at_another_token_count_imports():
+    """Official GPTC keeps its 1024-row position table whatever the token count (our prior_max_len)."""
+    import dataclasses
+
+    n = 256
+    params = dataclasses.replace(PAPER, tokenizer=dataclasses.replace(PAPER.tokenizer, num_tokens=n),
+                                 generator=dataclasses.replace(PAPER.generator, seq_len=n))
+    shapes = {k: v[0] for k, v in official_entries("tokenizer").items()}
+    shapes["encoder_latent_query_embed"] = (n, 768)
+    shapes["decoder_latent_pe"] = (1, n, 768)
+    assert shapes["prior_model.pos_emb"] == (1, 1024, 384)  # unchanged: the official table size
+    tables = fixed_tables(params.tokenizer)
+    state = {k: tables.get(k, torch.zeros(()).expand(shape)) for k, shape in shapes.items()}
+    out = convert_state_dict(state, "tokenizer", params)
+    assert out["prior_model.pos_emb"].shape == (1, 1024, 384)
+    # a table cut to the token count (what this code built before prior_max_len) is named, not loaded
+    state["prior_model.pos_emb"] = torch.zeros(()).expand(1, n, 384)
+    with pytest.raises(ConversionError, match=r"prior_model\.pos_emb: shape \(1, 256, 384\)"):
+        convert_state_dict(state, "tokenizer", params)
+
+
 # ---- strictness --------------------------------------------------------------------------------------
 
 

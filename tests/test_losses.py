@@ -228,12 +228,12 @@ def test_gan_start_and_update_schedule():
     assert not quirk.gan_active(step=10, epoch=0)  # [quirk] the threshold is compared with the epoch
     assert quirk.gan_active(step=10, epoch=2)
     assert fixed.gan_active(step=10, epoch=0) and not fixed.gan_active(step=1, epoch=5)
-    assert [quirk.update_discriminator_now(s) for s in range(7)] == [
-        True,
-        False,
-        False,
-        False,
-        False,
-        True,
-        False,
-    ]
+    # D updates every d_update_every steps, from disc_start on: disc_self_start = -1 means disc_start, as in the
+    # official loss (its D trains from epoch disc_start, not from step 0)
+    assert [quirk.update_discriminator_now(step=s, epoch=2) for s in range(7)] == [
+        True, False, False, False, False, True, False]
+    assert not any(quirk.update_discriminator_now(step=s, epoch=1) for s in range(7))
+    assert fixed.update_discriminator_now(step=5, epoch=0) and not fixed.update_discriminator_now(step=0, epoch=9)
+    own = TokenizerLoss(LossParams(perceptual_weight=0.0, disc_start=2, disc_self_start=1), PriorParams())
+    assert own.update_discriminator_now(step=0, epoch=1) and not own.update_discriminator_now(step=0, epoch=0)
+    assert not own.gan_active(step=0, epoch=1)  # the generator's adversarial term still waits for disc_start

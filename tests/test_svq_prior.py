@@ -193,3 +193,17 @@ def test_tokenizer_prior_uses_config_switches():
     tok = LARPTokenizer.from_preset("tiny", prior_attn_dropout_in_eval=False, prior_dropout=0.0)
     attn = tok.prior.blocks[0].attn
     assert attn.attn_dropout == 0.0 and attn.attn_dropout_in_eval is False
+
+
+def test_prior_position_table_has_the_official_1024_rows_whatever_the_token_count():
+    torch.manual_seed(0)
+    tok = LARPTokenizer.from_preset("tiny").train()  # 64 tokens
+    assert tok.config.num_tokens == 64 and tok.prior.pos_emb.shape == (1, 1024, tok.config.prior_width)
+    out = tok(torch.rand(2, 3, 16, 32, 32), step=5, max_steps=10, generator=torch.Generator().manual_seed(0))
+    out.prior_loss.backward()
+    grad = tok.prior.pos_emb.grad[0]
+    assert grad[:63].abs().sum(-1).gt(0).all()  # the prior reads tokens 0..62 (it predicts 1..63)
+    assert torch.count_nonzero(grad[63:]) == 0  # the extra rows are never used
+    assert LARPTokenizer.from_preset("tiny", prior_max_len=64).prior.pos_emb.shape[1] == 64
+    with pytest.raises(ValueError, match="tokenizer.prior_max_len"):
+        LARPTokenizer.from_preset("tiny", prior_max_len=63)

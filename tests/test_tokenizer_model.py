@@ -272,3 +272,28 @@ def test_load_weights_accepts_official_layout(tiny, tmp_path):
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(RuntimeError, match="qkv.bias"):
         plain.load_weights(tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-6])
+def test_vit_block_layernorm_eps_is_a_parameter(eps):
+    # timm's Block default norm: nn.LayerNorm (1e-5) up to timm 1.0.15, timm's LayerNorm (1e-6) from 1.0.16
+    tok = LARPTokenizer.from_preset("tiny", norm_eps=eps)
+    disc = Discriminator.from_preset("tiny", norm_eps=eps)
+    blocks = [*tok.encoder.blocks, *tok.decoder.blocks, *disc.transformer_encoder.blocks]
+    assert {n.eps for b in blocks for n in (b.norm1, b.norm2)} == {eps}
+    # the final norms are explicit 1e-6 officially, the prior's plain nn.LayerNorm 1e-5: neither follows
+    assert tok.final_layer.norm_final.eps == disc.norm_final.eps == 1e-6
+    assert {m.eps for m in tok.prior.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
+    assert LARPTokenizer.from_preset("tiny").encoder.blocks[0].norm1.eps == 1e-5  # the default
+
+
+def test_vit_block_layernorm_eps_changes_the_output():
+    torch.manual_seed(0)
+    a = LARPTokenizer.from_preset("tiny").eval()
+    b = LARPTokenizer.from_preset("tiny", norm_eps=1e-6).eval()
+    b.load_state_dict(a.state_dict())
+    x = video(1)
+    za, zb = a.encoder(a.x_embedder(x)), b.encoder(b.x_embedder(x))
+    assert not torch.equal(za, zb) and torch.allclose(za, zb, atol=1e-3)
+    with pytest.raises(ValueError, match="tokenizer.norm_eps"):
+        LARPTokenizer.from_preset("tiny", norm_eps=0.0)

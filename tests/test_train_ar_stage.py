@@ -92,10 +92,10 @@ def test_kill_and_resume_is_bit_exact(setup: dict, tmp_path: Path, monkeypatch: 
 
     original = GeneratorTask.phases
 
-    def preempt_at_4(self: GeneratorTask, step: int):
+    def preempt_at_4(self: GeneratorTask, step: int, epoch: int):
         if step == 4:
             os.kill(os.getpid(), signal.SIGUSR1)  # SLURM preemption during step 4 (0-based)
-        return original(self, step)
+        return original(self, step, epoch)
 
     monkeypatch.setattr(GeneratorTask, "phases", preempt_at_4)
     out_b = tmp_path / "b" / "ar.safetensors"

@@ -96,7 +96,7 @@ class ToyGAN:
             "d": torch.optim.Adam(d.parameters(), lr=3e-3, betas=(0.5, 0.9)),
         }
 
-    def phases(self, step: int) -> list[Phase]:
+    def phases(self, step: int, epoch: int) -> list[Phase]:
         if step == self.stop_at:
             os.kill(os.getpid(), signal.SIGUSR1)  # as SLURM would, in the middle of a step
         if step == self.crash_at:

@@ -111,10 +111,10 @@ def test_kill_and_resume_is_bit_exact(frames_dir: Path, tmp_path: Path,
 
     original = TokenizerTask.phases
 
-    def preempt_at_3(self: TokenizerTask, step: int):
+    def preempt_at_3(self: TokenizerTask, step: int, epoch: int):
         if step == 3:
             os.kill(os.getpid(), signal.SIGUSR1)  # SLURM preemption in the middle of step 3 (0-based)
-        return original(self, step)
+        return original(self, step, epoch)
 
     monkeypatch.setattr(TokenizerTask, "phases", preempt_at_3)
     out_b = tmp_path / "b" / "tok.safetensors"
@@ -140,7 +140,7 @@ def test_kill_and_resume_is_bit_exact(frames_dir: Path, tmp_path: Path,
 def test_discriminator_phase_only_every_d_update_every_steps(frames_dir: Path, tmp_path: Path) -> None:
     params = tiny(loss={"d_update_every": 3})
     task = TokenizerTask(params, total_steps=10, preview=None)
-    plans = [[p.optimizer for p in task.phases(s)] for s in range(10)]
+    plans = [[p.optimizer for p in task.phases(s, 0)] for s in range(10)]
     assert plans == [["d", "g"] if s % 3 == 0 else ["g"] for s in range(10)]
     # and in a real run: the D columns of the log are filled exactly on those steps (CSV step = 0-based + 1)
     run = train_tokenizer(frames_dir, tmp_path / "tok.safetensors", params, progress=False)
@@ -151,7 +151,7 @@ def test_discriminator_phase_only_every_d_update_every_steps(frames_dir: Path, t
     assert all(r["loss_g"] != "" and r["l1"] != "" for r in rows)
     # no discriminator at all when the GAN weight is 0
     plain = TokenizerTask(tiny(loss={"gan_weight": 0.0}), total_steps=10, preview=None)
-    assert [[p.optimizer for p in plain.phases(s)] for s in range(4)] == [["g"]] * 4
+    assert [[p.optimizer for p in plain.phases(s, 0)] for s in range(4)] == [["g"]] * 4
     assert set(plain.configure_optimizers()) == {"g"}
 
 

@@ -155,6 +155,10 @@ class TokenizerConfig:
     depth: int = 12  # encoder and decoder each
     heads: int = 12
     mlp_ratio: float = 4.0
+    # eps of the ViT blocks' LayerNorms. The official blocks are timm's `Block` with its default norm, which
+    # was torch's nn.LayerNorm (eps 1e-5) up to timm 1.0.15 and timm's own LayerNorm (eps 1e-6) from 1.0.16
+    # on; the official requirements do not pin timm and the released models date from 2024, so 1e-5
+    norm_eps: float = 1e-5
     num_tokens: int = 1024  # holistic queries = tokens per clip
     code_dim: int = 16
     codebook_size: int = 8192
@@ -166,6 +170,9 @@ class TokenizerConfig:
     prior_width: int = 384
     prior_heads: int = 6
     prior_dropout: float = 0.1
+    # rows of the prior's position table: official GPTC always builds max_seq_len = 1024, whatever the token
+    # count (rows past num_tokens are unused); so weights of any released/official size import
+    prior_max_len: int = 1024
     # [quirk] official GPTC applies attention dropout even in eval mode; False = the usual behaviour
     prior_attn_dropout_in_eval: bool = True
     # [quirk] official init overwrites GPTC's N(0, .02) with the tokenizer's xavier init; False keeps N(0, .02)
@@ -181,6 +188,9 @@ class TokenizerConfig:
         _check(self.codebook_size <= 65536, "tokenizer.codebook_size", "must fit uint16 token storage (<= 65536)")
         _check(self.num_tokens >= 2, "tokenizer.num_tokens", "must be >= 2")
         _check(0.0 <= self.prior_dropout < 1.0, "tokenizer.prior_dropout", "must be in [0, 1)")
+        _check(self.prior_max_len >= self.num_tokens, "tokenizer.prior_max_len",
+               f"must be >= tokenizer.num_tokens ({self.num_tokens}), got {self.prior_max_len}")
+        _check(self.norm_eps > 0, "tokenizer.norm_eps", f"must be > 0, got {self.norm_eps}")
 
     @property
     def num_patches(self) -> int:
@@ -200,9 +210,11 @@ class DiscriminatorConfig:
     depth: int = 12
     heads: int = 8
     mlp_ratio: float = 4.0
+    norm_eps: float = 1e-5  # the ViT blocks' LayerNorm eps: timm's default, as tokenizer.norm_eps
 
     def validate(self) -> None:
         _check(self.width % self.heads == 0, "discriminator.width", "must be divisible by discriminator.heads")
+        _check(self.norm_eps > 0, "discriminator.norm_eps", f"must be > 0, got {self.norm_eps}")
         _check(self.frames % self.patch_t == 0, "discriminator.frames", "must be a multiple of patch_t")
         _check(self.size % self.patch_hw == 0, "discriminator.size", "must be a multiple of patch_hw")
 
@@ -281,11 +293,12 @@ class LossParams:
     lecam_weight: float = 0.001
     lecam_ema_decay: float = 0.999
     d_update_every: int = 5
-    disc_start: int = 0
+    disc_start: int = 0  # the generator's adversarial term starts here
+    disc_self_start: int = -1  # the discriminator's own updates start here; < 0 = at disc_start (official)
     label_noise: float = 0.15  # ns_smooth: |N(0,1)| * 0.15, clamped to [0.7, 1] / [0, 0.3]
     # [quirk] the official loss multiplies LeCam by its weight twice (effective 1e-6)
     lecam_weight_applied_twice: bool = True
-    # [quirk] disc_start is compared with the epoch, not the step
+    # [quirk] disc_start and disc_self_start are compared with the epoch, not the step
     gan_start_compares_epoch: bool = True
 
     def validate(self) -> None:

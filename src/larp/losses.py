@@ -223,15 +223,21 @@ class TokenizerLoss(nn.Module):
             self.lpips.eval()  # always a frozen metric
         return self
 
+    def _clock(self, step: int, epoch: int) -> int:
+        return epoch if self.params.gan_start_compares_epoch else step  # [quirk] the epoch by default
+
     def gan_active(self, *, step: int, epoch: int) -> bool:
         """disc_start threshold; [quirk] compared with the epoch unless ``gan_start_compares_epoch``."""
         p = self.params
-        clock = epoch if p.gan_start_compares_epoch else step
-        return p.gan_weight > 0 and clock >= p.disc_start
+        return p.gan_weight > 0 and self._clock(step, epoch) >= p.disc_start
 
-    def update_discriminator_now(self, step: int) -> bool:
-        """D is updated when step % d_update_every == 0, before the G step of the same iteration."""
-        return step % self.params.d_update_every == 0
+    def update_discriminator_now(self, *, step: int, epoch: int) -> bool:
+        """D is updated from ``disc_self_start`` on (a negative value means disc_start, as in the official
+        loss; same clock as :meth:`gan_active`), when step % d_update_every == 0, before the G step of the
+        same iteration."""
+        p = self.params
+        start = p.disc_self_start if p.disc_self_start >= 0 else p.disc_start
+        return self._clock(step, epoch) >= start and step % p.d_update_every == 0
 
     def generator_loss(
         self, video: Tensor, out: TokenizerOutput, disc: nn.Module | None, *, step: int, epoch: int
@@ -275,8 +281,6 @@ class TokenizerLoss(nn.Module):
         lecam = self.lecam(logits_real, logits_fake)
         # [quirk] the official loss multiplies the regulariser by lecam_weight twice (effective 1e-6)
         w = p.lecam_weight**2 if p.lecam_weight_applied_twice else p.lecam_weight
-        # D trains from the first step whatever disc_start says (the official disc_self_start is -1);
-        # disc_start only gates the adversarial term of the generator
         total = bce + w * lecam
         return DiscriminatorLoss(
             total, bce, lecam, logits_real.detach().float().mean(), logits_fake.detach().float().mean()

@@ -27,7 +27,7 @@ class TransformerDiscriminator(nn.Module):
         self.x_embedder = PatchEmbed3D(c.channels, c.width, c.patch_t, c.patch_hw)
         self.register_buffer("encoder_pos_embed", sincos_3d(c.width, gt, gh, gh)[None], persistent=False)
         self.cls_token = nn.Parameter(torch.empty(1, 1, c.width))
-        self.transformer_encoder = Transformer(c.width, c.depth, c.heads, c.mlp_ratio)
+        self.transformer_encoder = Transformer(c.width, c.depth, c.heads, c.mlp_ratio, c.norm_eps)
         self.norm_final = nn.LayerNorm(c.width, eps=1e-6)
         self.fc = nn.Linear(c.width, 1)
         xavier_linears_(self)

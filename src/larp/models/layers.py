@@ -110,7 +110,8 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """x + attn(LN(x)); x + mlp(LN(x)). LayerNorm eps 1e-5 (timm Block default), no LayerScale/drop-path."""
+    """x + attn(LN(x)); x + mlp(LN(x)), no LayerScale/drop-path. ``eps``: the LayerNorms' eps (the official
+    blocks take timm's default, see ``TokenizerConfig.norm_eps``)."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-5) -> None:
         super().__init__()
@@ -127,9 +128,9 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A stack of Blocks with no final norm (the official ``transformer_encoder_parallel`` body)."""
 
-    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-5) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([Block(width, heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(width, heads, mlp_ratio, eps) for _ in range(depth)])
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:

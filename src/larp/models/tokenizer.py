@@ -78,7 +78,7 @@ class LARPTokenizer(nn.Module):
         self.x_embedder = PatchEmbed3D(c.channels, c.width, c.patch_t, c.patch_hw)
         self.register_buffer("encoder_patch_pe", sincos_3d(c.width, gt, gh, gh)[None], persistent=False)
         self.encoder_latent_query_embed = nn.Parameter(torch.randn(c.num_tokens, c.width) * c.query_init_std)
-        self.encoder = Transformer(c.width, c.depth, c.heads, c.mlp_ratio)
+        self.encoder = Transformer(c.width, c.depth, c.heads, c.mlp_ratio, c.norm_eps)
 
         self.bottleneck = Bottleneck(c.width, c.code_dim, c.codebook_size, c.svq_temperature)
 
@@ -89,7 +89,7 @@ class LARPTokenizer(nn.Module):
             "decoder_patch_query_embed", sincos_3d(c.width, gt, gh, gh)[None], persistent=False
         )
         self.decoder_patch_query_token_type_embed = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
-        self.decoder = Transformer(c.width, c.depth, c.heads, c.mlp_ratio)
+        self.decoder = Transformer(c.width, c.depth, c.heads, c.mlp_ratio, c.norm_eps)
         self.final_layer = FinalLayer(c.width, c.patch_t * c.patch_hw * c.patch_hw * c.channels)
 
         # global init: every Linear xavier-uniform / zero bias; then the output head is zeroed
@@ -103,7 +103,7 @@ class LARPTokenizer(nn.Module):
         if c.use_prior and self.prior_params.alpha > 0:
             self.prior_model = GPTCPrior(
                 c.code_dim,
-                c.num_tokens,
+                c.prior_max_len,
                 c.prior_width,
                 c.prior_depth,
                 c.prior_heads,

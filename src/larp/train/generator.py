@@ -46,7 +46,7 @@ class GeneratorTask:
         fused = next(self.model.parameters()).is_cuda
         return {"ar": torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, fused=fused)}
 
-    def phases(self, step: int) -> list[Phase]:
+    def phases(self, step: int, epoch: int) -> list[Phase]:
         return [Phase("ar", self.loss)]
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepLoss:

@@ -13,10 +13,10 @@ process group is up and the RNGs are seeded (seed + rank), and expects an object
   the device. Each param group's ``lr`` is its base lr; the loop multiplies it by the schedule every step.
   A group may carry ``lr_mult``; it is applied only when ``params.honor_prior_lr_mult`` is set (the
   official trainer writes base_lr x schedule into every group, so the prior's 50x never takes effect).
-* ``phases(step) -> Sequence[Phase]``: what optimizer step ``step`` (0-based) does, in order. A phase names
-  an optimizer and a ``loss(batch, ctx) -> StepLoss`` for one micro-batch. For every phase the loop runs
-  ``loss`` on all micro-batches of the step (accumulating gradients, syncing them across ranks on the last
-  one only), then steps that optimizer. The tokenizer returns [Phase("d", ...), Phase("g", ...)] on
+* ``phases(step, epoch) -> Sequence[Phase]``: what optimizer step ``step`` (0-based; in epoch ``epoch``) does,
+  in order. A phase names an optimizer and a ``loss(batch, ctx) -> StepLoss`` for one micro-batch. For every
+  phase the loop runs ``loss`` on all micro-batches of the step (accumulating gradients, syncing them across
+  ranks on the last one only), then steps that optimizer. The tokenizer returns [Phase("d", ...), Phase("g", ...)] on
   discriminator steps and [Phase("g", ...)] otherwise; the AR generator returns [Phase("ar", ...)].
 * ``sample(step, directory) -> None``: writes samples under ``directory`` (rank 0, every
   ``params.sample_every`` steps, modules in eval mode, under ``torch.no_grad``, RNG state restored after).
@@ -119,7 +119,7 @@ class Task(Protocol):
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
 
-    def phases(self, step: int) -> Sequence[Phase]: ...
+    def phases(self, step: int, epoch: int) -> Sequence[Phase]: ...
 
     def sample(self, step: int, directory: Path) -> None: ...
 
@@ -330,7 +330,8 @@ class _Trainer:
     def run_phases(self, step: int, batches: list[Any]) -> dict[str, torch.Tensor]:
         """Run the task's phases of ``step`` on this rank's micro-batches; return mean metrics."""
         sums: dict[str, torch.Tensor] = {}
-        for phase in self.task.phases(step):
+        epoch = step // self.steps_per_epoch
+        for phase in self.task.phases(step, epoch):
             if phase.optimizer not in self.optimizers:
                 raise ValueError(
                     f"phase names optimizer {phase.optimizer!r}; the task has {list(self.optimizers)}"
@@ -342,7 +343,7 @@ class _Trainer:
                     for n in trained:
                         if isinstance(self.wrapped[n], DDP):  # sync gradients on the last micro-step only
                             self.wrapped[n].require_backward_grad_sync = i == len(batches) - 1
-                    ctx = StepContext(step, step // self.steps_per_epoch, i, len(batches), views, self.device)
+                    ctx = StepContext(step, epoch, i, len(batches), views, self.device)
                     with torch.autocast(
                         self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
                     ):

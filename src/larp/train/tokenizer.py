@@ -80,8 +80,8 @@ class TokenizerTask:
             opts["d"] = torch.optim.Adam(self.modules["discriminator"].parameters(), lr=t.d_lr, betas=t.betas)
         return opts
 
-    def phases(self, step: int) -> list[Phase]:
-        d_step = "discriminator" in self.modules and self.loss.update_discriminator_now(step)
+    def phases(self, step: int, epoch: int) -> list[Phase]:
+        d_step = "discriminator" in self.modules and self.loss.update_discriminator_now(step=step, epoch=epoch)
         return [Phase("d", self.discriminator_loss)] * d_step + [Phase("g", self.generator_loss)]
 
     def generator_loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepLoss:
