@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from larp.config import preset
+from larp.config import frame_prediction_params, preset
 from larp.convert import (
     FIXED_TABLES,
     ConversionError,
@@ -73,7 +73,10 @@ def random_official(kind: str, params, seed: int = 0, dtype=torch.float32) -> di
 # ---- the map against the official list (paper size) ------------------------------------------------
 
 
-@pytest.mark.parametrize("kind,section", [("tokenizer", "tokenizer"), ("ar", "ar")])
+KINDS = [("tokenizer", "tokenizer"), ("ar", "ar"), ("ar-fp", "ar-fp")]
+
+
+@pytest.mark.parametrize("kind,section", KINDS)
 def test_key_map_is_complete_against_the_official_list(kind, section):
     official = official_entries(section)
     mapping = official_key_map(kind)  # paper preset
@@ -99,7 +102,7 @@ def test_paper_tables_equal_the_model_buffers():
         assert torch.equal(buffers[name], table), name
 
 
-@pytest.mark.parametrize("kind,section", [("tokenizer", "tokenizer"), ("ar", "ar")])
+@pytest.mark.parametrize("kind,section", KINDS)
 def test_paper_size_official_state_converts_strictly(kind, section):
     tables = fixed_tables(PAPER.tokenizer) if kind == "tokenizer" else None
     state = official_state(section, tables)
@@ -111,8 +114,11 @@ def test_paper_size_official_state_converts_strictly(kind, section):
         if kind == "tokenizer":
             model = LARPTokenizer(PAPER.tokenizer, PAPER.prior)
         else:
-            model = LARPGenerator(PAPER.generator)
+            model = LARPGenerator(frame_prediction_params(PAPER).generator if kind == "ar-fp" else PAPER.generator)
     model.load_state_dict(out, strict=True, assign=True)
+    if kind == "ar-fp":  # the released FP generator's layout: SEP row, 1025-position condition, 2048 positions
+        assert out["tok_embeddings.weight"].shape[0] == 8193 and model.sep_id == 8192
+        assert model.cond_len == 1025 and out["abs_pe"].shape[1] == model.max_len == 2048
 
 
 def test_paper_tables_in_half_precision_pass_and_wrong_tables_fail():
@@ -181,6 +187,11 @@ def test_each_problem_alone_is_an_error_naming_the_key(change):
 def test_swapped_kind_is_named():
     with pytest.raises(ConversionError, match="is it the tokenizer"):
         convert_state_dict(random_official("tokenizer", TINY), "ar", TINY)
+    # the two generators share most names: the class table tells them apart
+    with pytest.raises(ConversionError, match="is it --kind ar-fp"):
+        convert_state_dict(random_official("ar-fp", TINY), "ar", TINY)
+    with pytest.raises(ConversionError, match=r"is it --kind ar \(class-conditional\)"):
+        convert_state_dict(random_official("ar", TINY), "ar-fp", TINY)
 
 
 def test_missing_fixed_table_is_an_error():
@@ -190,9 +201,7 @@ def test_missing_fixed_table_is_an_error():
         convert_state_dict(state, "tokenizer", TINY)
 
 
-def test_unsupported_kinds_are_refused():
-    with pytest.raises(ConversionError, match="frame-prediction"):
-        convert_state_dict({}, "ar-fp", TINY)
+def test_unknown_kinds_are_refused():
     with pytest.raises(ConversionError, match="one of"):
         official_key_map("vae")
 
@@ -226,25 +235,28 @@ def test_tokenizer_round_trip_gives_identical_outputs():
 
 
 def test_official_to_ours_to_official_is_identical():
-    for kind in ("tokenizer", "ar"):
+    for kind in ("tokenizer", "ar", "ar-fp"):
         state = random_official(kind, TINY, seed=3)
         back = to_official(convert_state_dict(state, kind, TINY), kind, TINY)
         assert back.keys() == state.keys()
         assert all(torch.equal(back[k], v) for k, v in state.items()), kind
 
 
-def test_generator_round_trip_gives_identical_logits():
+@pytest.mark.parametrize("kind", ["ar", "ar-fp"])
+def test_generator_round_trip_gives_identical_logits(kind):
+    cfg = frame_prediction_params(TINY).generator if kind == "ar-fp" else TINY.generator
     torch.manual_seed(0)
-    a = LARPGenerator(TINY.generator).eval()
+    a = LARPGenerator(cfg).eval()
     for p in a.parameters():
         p.data.normal_(0, 0.05)
-    b = LARPGenerator(TINY.generator).eval()
-    b.load_state_dict(convert_state_dict(to_official(a.state_dict(), "ar", TINY), "ar", TINY), strict=True)
+    b = LARPGenerator(cfg).eval()
+    b.load_state_dict(convert_state_dict(to_official(a.state_dict(), kind, TINY), kind, TINY), strict=True)
     g = torch.Generator().manual_seed(2)
-    tokens = torch.randint(0, TINY.generator.vocab_size, (2, TINY.generator.seq_len), generator=g)
-    labels = torch.tensor([0, 3])
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len), generator=g)
+    # class ids, or the condition clip's tokens (frame prediction)
+    condition = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len), generator=g) if kind == "ar-fp" else torch.tensor([0, 3])
     with torch.no_grad():
-        assert torch.equal(a(labels, tokens[:, :-1]), b(labels, tokens[:, :-1]))
+        assert torch.equal(a(condition, tokens[:, :-1]), b(condition, tokens[:, :-1]))
 
 
 # ---- files ---------------------------------------------------------------------------------------------
@@ -280,7 +292,7 @@ def test_hf_source_offline_says_what_to_do(monkeypatch):
         resolve_source("hf:hywang66/LARP-L-long-tokenizer", "tokenizer")
 
 
-@pytest.mark.parametrize("kind", ["tokenizer", "ar"])
+@pytest.mark.parametrize("kind", ["tokenizer", "ar", "ar-fp"])
 def test_import_weights_writes_a_loadable_file_and_keeps_dtype(tmp_path, kind):
     repo = tmp_path / "released"
     repo.mkdir()
@@ -310,6 +322,11 @@ def test_import_weights_writes_a_loadable_file_and_keeps_dtype(tmp_path, kind):
         assert all(c["max_abs_diff"] <= c["tolerance"] for c in checked.values())
         model = load_tokenizer(out, TINY)  # the pipeline's own loader, strict
         assert torch.equal(model.encoder_latent_query_embed, state["encoder_latent_query_embed"].float())
-    else:
+    elif kind == "ar":
         model = load_generator(out, TINY)
         assert torch.equal(model.abs_pe, state["abs_pe"].float())
+    else:  # the frame-prediction stages load it with the frame-prediction parameters
+        model = load_generator(out, frame_prediction_params(TINY))
+        assert model.cfg.frame_prediction and model.cls_embedding is None
+        assert torch.equal(model.tok_embeddings.weight, state["tok_embeddings.weight"].float())
+        assert sidecar["hub_repo"] == "hywang66/LARP-L-long-AR-FP"

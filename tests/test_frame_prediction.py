@@ -43,7 +43,8 @@ def rand_ids(m: LARPGenerator, b: int, seed: int = 0) -> torch.Tensor:
 
 def test_paper_fp_parameter_count_and_layout():
     """633.16M (LARP_SPEC 4.1): the class-conditional 631,975,680 - class table (102 x 1280) + SEP row (1280)
-    + 1024 extra abs_pe rows. (tests/data/official_state_dict_keys.txt has no AR-FP section: count + spec shapes.)"""
+    + 1024 extra abs_pe rows (every name and shape: the ar-fp section of official_state_dict_keys.txt,
+    tests/test_convert.py)."""
     with torch.device("meta"):
         m = LARPGenerator.from_preset("llama-abs-LP", frame_prediction=True)
     n = m.num_params()
@@ -228,7 +229,6 @@ def test_tokenize_stores_the_condition_tokens(fp_setup: dict) -> None:
     tok = load_tokenizer(fp_setup["weights"], params)
     reader = ClipDataset(fp_setup["frames"], split="all", mode="eval", frames=16)
     picks = [0, 1, len(clips) // 2, len(clips) - 1]
-    differ = 0
     for i in picks:
         r = clips.iloc[i]
         video = reader.read_clip(int(r["video_row"]), int(r["start"]), bool(r["flip"]))[None]
@@ -236,8 +236,8 @@ def test_tokenize_stores_the_condition_tokens(fp_setup: dict) -> None:
         target = np.load(shard_path(out, int(r["shard"])))[int(r["offset"])].astype(np.int64)
         assert torch.equal(torch.from_numpy(cond)[None], tok.encode(fp_condition(video, 5)))
         assert torch.equal(torch.from_numpy(target)[None], tok.encode(video))
-        differ += not np.array_equal(cond, target)
-    assert differ >= 1  # the condition is not a copy of the clip's tokens
+    # the condition is not a copy of the clip's tokens (over all clips: a 3-step tokenizer maps many to one)
+    assert any(not np.array_equal(np.load(cond_shard_path(out, k)), np.load(shard_path(out, k))) for k in shards)
     ds = TokenDataset(out, frame_prediction=True)
     c0, z0 = ds[0]
     r0 = clips.iloc[0]

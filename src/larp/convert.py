@@ -34,16 +34,14 @@ from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.models.layers import sincos_1d, sincos_3d
 from larp.train.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_file
 
-# kind -> (hub repo, module name in our weights file)
+# kind -> (hub repo, module name in our weights file). ar-fp: the Kinetics-600 frame-prediction generator
+# (no class table; an 8193-row token table whose last row is SEP; 1025 condition positions, 2048 in all)
 RELEASED = {
     "tokenizer": ("hywang66/LARP-L-long-tokenizer", "tokenizer"),
     "ar": ("hywang66/LARP-L-long-AR", "generator"),
+    "ar-fp": ("hywang66/LARP-L-long-AR-FP", "generator"),
 }
 KINDS = tuple(RELEASED)
-UNSUPPORTED = {
-    "ar-fp": "hywang66/LARP-L-long-AR-FP is the Kinetics-600 frame-prediction generator (LARP_SPEC.md 4.4); "
-    "its model (8193-row token table, 1025-token prefix, 2048-position abs_pe) is not implemented here yet",
-}
 # fixed sin-cos tables the official tokenizer stores as persistent buffers; ours recompute them
 FIXED_TABLES = ("encoder_patch_pe", "decoder_latent_pe", "decoder_patch_query_embed")
 CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin")  # looked up inside a directory, in this order
@@ -55,8 +53,6 @@ class ConversionError(ValueError):
 
 
 def check_kind(kind: str) -> str:
-    if kind in UNSUPPORTED:
-        raise ConversionError(f"kind {kind!r} is not supported: {UNSUPPORTED[kind]}")
     if kind not in RELEASED:
         raise ConversionError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     return kind
@@ -68,6 +64,7 @@ def check_kind(kind: str) -> str:
 
 def build_model(kind: str, params: Params, device: str | torch.device = "meta") -> nn.Module:
     """Our model for ``kind`` (default: on the meta device, i.e. names and shapes without memory)."""
+    from larp.config import frame_prediction_params
     from larp.models.generator import LARPGenerator
     from larp.models.tokenizer import LARPTokenizer
 
@@ -75,6 +72,8 @@ def build_model(kind: str, params: Params, device: str | torch.device = "meta") 
     with torch.device(device):
         if kind == "tokenizer":
             return LARPTokenizer(params.tokenizer, params.prior)
+        if kind == "ar-fp":
+            return LARPGenerator(frame_prediction_params(params).generator)
         return LARPGenerator(params.generator)
 
 
@@ -152,6 +151,11 @@ def _convert(state: dict[str, Any], kind: str, params: Params) -> tuple[dict[str
         if not set(state) & set(mapping):
             other = "ar" if kind == "tokenizer" else "tokenizer"
             problems.append(f"hint: no key of the checkpoint belongs to a {kind} model; is it the {other}?")
+    if kind.startswith("ar") and set(state) & set(mapping):  # the two generators share most keys
+        fp = "cls_embedding.embedding_table.weight" not in state
+        if fp != (kind == "ar-fp"):
+            other = "ar-fp (frame prediction)" if fp else "ar (class-conditional)"
+            problems.append(f"hint: the checkpoint {'lacks' if fp else 'has'} a class table; is it --kind {other}?")
     if missing:
         problems.append(f"{len(missing)} missing key(s) (our {kind} model needs them): {listed(missing)}")
     bad: list[str] = []
