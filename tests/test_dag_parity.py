@@ -60,3 +60,31 @@ def test_the_paper_data_mix_is_the_same_pipeline_for_both_tools(tmp_path):
     assert {"data/frames/k600", "data/frames/ucf101"} <= dvc["train_tokenizer"]["deps"]
     assert "--frames-root data/frames" in dvc["train_tokenizer"]["cmd"]
     assert compare(dvc, snakemake_jobs(repo, _targets(dvc))) == []
+
+
+def test_released_fp_target_runs_the_fp_rules_on_the_released_weights():
+    # Snakemake-only: results/fvd_k600_fp_released.json = the FP-FVD rules (frame_prediction.smk) reused with
+    # the imported hywang66/LARP-L-long-AR-FP and the released tokenizer
+    jobs = snakemake_jobs(ROOT, ["results/fvd_k600_fp_released.json"])
+    assert {"sample_fp_released@0", "sample_fp_released@1", "fvd_fp_released", "import_released"} <= set(jobs)
+    assert jobs["fvd_fp_released"]["cmd"] == (
+        "larp fvd --dataset k600 --frames data/frames/k600 --samples data/samples_fp_released/k600"
+        " --out results/fvd_k600_fp_released.json --fp")
+    assert jobs["sample_fp_released@1"]["cmd"] == (
+        "larp sample --dataset k600 --frames data/frames/k600"
+        " --tokenizer checkpoints/k600/released/tokenizer.safetensors"
+        " --ar checkpoints/k600/released/ar-fp.safetensors --shard 1 --out data/samples_fp_released/k600/shard-1 --fp")
+    # the same protocol as the trained model's FP-FVD: same tracked parameters, same commands up to the paths
+    trained = snakemake_jobs(ROOT, ["results/fvd_k600_fp.json"])
+    for name in ("fvd_fp", "sample_fp@1"):
+        released = jobs[name.replace("_fp", "_fp_released")]
+        assert released["params"] == trained[name]["params"]
+        cmd = released["cmd"]
+        for a, b in (("samples_fp_released", "samples_fp"), ("released/ar-fp", "ar_fp"), ("released/", ""),
+                     ("_fp_released", "_fp")):
+            cmd = cmd.replace(a, b)
+        assert cmd == trained[name]["cmd"]
+    imports = snakemake_jobs(ROOT, ["checkpoints/k600/released/ar-fp.safetensors"])["import_released"]
+    assert imports["cmd"] == ("larp import-weights --dataset k600 --kind ar-fp --src hf:hywang66/LARP-L-long-AR-FP"
+                              " --out checkpoints/k600/released/ar-fp.safetensors")
+    assert imports["params"] == {"presets.k600", "tokenizer", "prior", "generator"}

@@ -57,15 +57,19 @@ def tokenizer_frames(wildcards):
     return [f"data/frames/{name}" for name in names]
 
 
-def sample_shards(wildcards):
-    """Every sampling shard of the dataset (sample.shards of its resolved parameters)."""
-    shards = resolved(wildcards.dataset).sample.shards
-    return [f"data/samples/{wildcards.dataset}/shard-{k}" for k in shards]
+def shard_dirs(root):
+    """Input function: every sampling shard (sample.shards of the dataset's resolved parameters) under
+    ``root`` (formatted with the dataset)."""
+
+    def dirs(wildcards):
+        shards = resolved(wildcards.dataset).sample.shards
+        return [f"{root.format(dataset=wildcards.dataset)}/shard-{k}" for k in shards]
+
+    return dirs
 
 
-def sample_fp_shards(wildcards):
-    shards = resolved(wildcards.dataset).sample.shards
-    return [f"data/samples_fp/{wildcards.dataset}/shard-{k}" for k in shards]
+sample_shards = shard_dirs("data/samples/{dataset}")
+sample_fp_shards = shard_dirs("data/samples_fp/{dataset}")
 
 
 # What the default target (`snakemake` with no target) evaluates for each dataset: the paper's protocols

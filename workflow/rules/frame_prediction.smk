@@ -45,13 +45,13 @@ rule train_ar_fp:
         " --metrics results/{wildcards.dataset}/ar_fp_metrics.csv --fp 2> {log}"
 
 
+# sample_fp and fvd_fp name their inputs: released.smk reuses them for the released FP generator
 rule sample_fp:
     input:
-        "data/frames/{dataset}",
-        "checkpoints/{dataset}/tokenizer.safetensors",
-        "checkpoints/{dataset}/ar_fp.safetensors",
-        "src/larp/sample.py",
-        "src/larp/evaluate.py",
+        frames="data/frames/{dataset}",
+        tokenizer="checkpoints/{dataset}/tokenizer.safetensors",
+        ar="checkpoints/{dataset}/ar_fp.safetensors",
+        code=["src/larp/sample.py", "src/larp/evaluate.py"],
     output:
         directory("data/samples_fp/{dataset}/shard-{shard}"),
     params:
@@ -62,21 +62,19 @@ rule sample_fp:
     log:
         "logs/sample_fp/{dataset}-{shard}.log",
     shell:
-        "larp sample --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --tokenizer checkpoints/{wildcards.dataset}/tokenizer.safetensors"
-        " --ar checkpoints/{wildcards.dataset}/ar_fp.safetensors --shard {wildcards.shard}"
-        " --out data/samples_fp/{wildcards.dataset}/shard-{wildcards.shard} --fp 2> {log}"
+        "larp sample --dataset {wildcards.dataset} --frames {input.frames} --tokenizer {input.tokenizer}"
+        " --ar {input.ar} --shard {wildcards.shard} --out {output} --fp 2> {log}"
 
 
 rule fvd_fp:
     input:
-        "data/frames/{dataset}",
-        sample_fp_shards,
-        "src/larp/eval",
-        "src/larp/evaluate.py",
+        frames="data/frames/{dataset}",
+        shards=sample_fp_shards,
+        code=["src/larp/eval", "src/larp/evaluate.py"],
     output:
         "results/fvd_{dataset}_fp.json",
     params:
+        samples="data/samples_fp/{dataset}",  # the shards' folder
         tracked=tracked("presets.{dataset}", "data", "sample", "fvd"),
     threads: stage_threads("fvd")
     resources:
@@ -84,5 +82,5 @@ rule fvd_fp:
     log:
         "logs/fvd_fp/{dataset}.log",
     shell:
-        "larp fvd --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --samples data/samples_fp/{wildcards.dataset} --out results/fvd_{wildcards.dataset}_fp.json --fp 2> {log}"
+        "larp fvd --dataset {wildcards.dataset} --frames {input.frames} --samples {params.samples}"
+        " --out {output} --fp 2> {log}"

@@ -1,14 +1,21 @@
 # Score the authors' released checkpoints with our protocol, skipping training (Snakemake-only targets;
 # dvc.yaml builds the configured dataset's own pipeline):
 #   snakemake --profile slurm results/fvd_ucf101_released.json results/rfvd_ucf101_released.json
+#   snakemake --profile slurm results/fvd_k600_fp_released.json     # the frame-prediction generator
 # The weights come from the Hugging Face hub. Offline, download them first (model.safetensors + config.json):
 #   hf download hywang66/LARP-L-long-tokenizer --local-dir data/released/tokenizer
 #   hf download hywang66/LARP-L-long-AR --local-dir data/released/ar
+#   hf download hywang66/LARP-L-long-AR-FP --local-dir data/released/ar-fp
 # When data/released/<kind> exists it is the source; otherwise `larp import-weights` fetches hf:<repo>.
+# Each dataset gets its own import (checkpoints/<dataset>/released/), converted with that dataset's params.
 import os
 
-RELEASED_DATASET = "ucf101"  # the released models are the paper-size UCF-101 ones
-RELEASED_REPOS = {"tokenizer": "hywang66/LARP-L-long-tokenizer", "ar": "hywang66/LARP-L-long-AR"}
+RELEASED_DATASET = "ucf101"  # the class-conditional released models are the paper-size UCF-101 ones
+RELEASED_REPOS = {
+    "tokenizer": "hywang66/LARP-L-long-tokenizer",
+    "ar": "hywang66/LARP-L-long-AR",
+    "ar-fp": "hywang66/LARP-L-long-AR-FP",
+}
 
 
 def released_source(wildcards):
@@ -40,23 +47,24 @@ rule import_released:
         released_input,
         "src/larp/convert.py",
     output:
-        "checkpoints/ucf101/released/{kind}.safetensors",
-        "checkpoints/ucf101/released/{kind}.safetensors.json",
+        "checkpoints/{dataset}/released/{kind}.safetensors",
+        "checkpoints/{dataset}/released/{kind}.safetensors.json",
     wildcard_constraints:
-        kind="tokenizer|ar",
+        dataset="ucf101|k600",  # the released tokenizer serves both; the generators: ar UCF-101, ar-fp K600
+        kind="|".join(RELEASED_REPOS),
     params:
         src=released_source,
-        tracked=released_tracked("presets.ucf101", "tokenizer", "prior", "generator"),
+        tracked=tracked("presets.{dataset}", "tokenizer", "prior", "generator"),
     threads: 1
     resources:
         gpu=0,
         mem_mb=12000,  # the AR checkpoint is 2.5 GB of float32, held twice at most
         runtime=60,
     log:
-        "logs/import_released/{kind}.log",
+        "logs/import_released/{dataset}-{kind}.log",
     shell:
-        "larp import-weights --dataset ucf101 --kind {wildcards.kind} --src {params.src}"
-        " --out checkpoints/ucf101/released/{wildcards.kind}.safetensors 2> {log}"
+        "larp import-weights --dataset {wildcards.dataset} --kind {wildcards.kind} --src {params.src}"
+        " --out {output[0]} 2> {log}"
 
 
 rule sample_released:
@@ -123,3 +131,31 @@ rule rfvd_released:
         "larp rfvd --dataset ucf101 --frames data/frames/ucf101"
         " --tokenizer checkpoints/ucf101/released/tokenizer.safetensors"
         " --out results/rfvd_ucf101_released.json 2> {log}"
+
+
+# the frame-prediction protocol (FP-FVD, frame_prediction.smk) on the released FP generator: the same rules
+# with the released weights in and their own sample folders out
+use rule sample_fp as sample_fp_released with:
+    input:
+        frames="data/frames/{dataset}",
+        tokenizer="checkpoints/{dataset}/released/tokenizer.safetensors",
+        ar="checkpoints/{dataset}/released/ar-fp.safetensors",
+        code=["src/larp/sample.py", "src/larp/evaluate.py"],
+    output:
+        directory("data/samples_fp_released/{dataset}/shard-{shard}"),
+    log:
+        "logs/sample_fp/{dataset}_released-{shard}.log",
+
+
+use rule fvd_fp as fvd_fp_released with:
+    input:
+        frames="data/frames/{dataset}",
+        shards=shard_dirs("data/samples_fp_released/{dataset}"),
+        code=["src/larp/eval", "src/larp/evaluate.py"],
+    output:
+        "results/fvd_{dataset}_fp_released.json",
+    params:
+        samples="data/samples_fp_released/{dataset}",
+        tracked=tracked("presets.{dataset}", "data", "sample", "fvd"),
+    log:
+        "logs/fvd_fp/{dataset}_released.log",
