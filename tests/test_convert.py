@@ -330,3 +330,20 @@ def test_import_weights_writes_a_loadable_file_and_keeps_dtype(tmp_path, kind):
         assert model.cfg.frame_prediction and model.cls_embedding is None
         assert torch.equal(model.tok_embeddings.weight, state["tok_embeddings.weight"].float())
         assert sidecar["hub_repo"] == "hywang66/LARP-L-long-AR-FP"
+
+
+def test_cli_imports_the_fp_generator_and_names_a_wrong_kind(tmp_path, capsys):
+    from larp.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("dataset: embedded\npresets: {embedded: tiny}\n")
+    repo = tmp_path / "ar-fp"
+    repo.mkdir()
+    save_file(random_official("ar-fp", TINY, seed=7), str(repo / "model.safetensors"))
+    out = tmp_path / "released" / "ar-fp.safetensors"
+    argv = ["import-weights", "--params", str(params), "--dataset", "embedded", "--src", str(repo), "--out", str(out)]
+    assert main([*argv, "--kind", "ar-fp"]) == 0
+    assert "loaded strictly into our ar-fp model" in capsys.readouterr().out
+    assert load_generator(out, frame_prediction_params(TINY)).cfg.frame_prediction
+    assert main([*argv, "--kind", "ar"]) == 1
+    assert "is it --kind ar-fp" in capsys.readouterr().err
