@@ -128,3 +128,71 @@ def test_tokenizer_data_mix_per_preset_and_the_dvc_dataset_list(tmp_path):
 def test_bad_tokenizer_data_mix_is_refused_at_load(tmp_path, doc, match):
     with pytest.raises(ParamsError, match=match):
         read_params_file(write(tmp_path, doc))
+
+
+# ---- hostile params.yaml (issue 18) ----
+
+
+def test_empty_params_file_is_an_error_naming_it(tmp_path):
+    p = tmp_path / "params.yaml"
+    for text in ("", "# only a comment\n", "\n\n"):
+        p.write_text(text)
+        with pytest.raises(ParamsError, match=r"params\.yaml.*empty"):
+            read_params_file(p)
+    p.write_text("prior: {}\n")  # an intentionally empty override group stays valid
+    assert read_params_file(p).resolve("embedded").prior.alpha == preset("tiny").prior.alpha
+
+
+def test_duplicate_keys_rejected_with_both_lines(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("dataset: embedded\nprior:\n  alpha: 0.06\n  n_rounds: 2\n  alpha: 0.5\n")
+    with pytest.raises(ParamsError) as e:
+        read_params_file(p)
+    msg = str(e.value)
+    assert "params.yaml" in msg and "'alpha'" in msg and "line 3" in msg and "line 5" in msg
+    assert "\n" not in msg
+    p.write_text("prior: {alpha: 0.1}\nprior: {alpha: 0.2}\n")  # top-level groups too
+    with pytest.raises(ParamsError, match=r"'prior'.*line 1.*line 2"):
+        read_params_file(p)
+    p.write_text("prior: {alpha: 0.1}\nloss: {alpha: 0.2}\n")  # the same key in two mappings is no duplicate
+    with pytest.raises(ParamsError, match=r"loss\.alpha: unknown key"):
+        read_params_file(p)
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", ".NaN", "1.0e+400"])
+@pytest.mark.parametrize("key", ["prior.alpha", "train_tokenizer.lr", "tokenizer.svq_temperature",
+                                 "loss.gan_weight", "sample.cfg_scale", "sample.temperature",
+                                 "train_ar.betas"])
+def test_every_float_must_be_finite(tmp_path, key, text):
+    group, name = key.split(".")
+    value = f"[0.9, {text}]" if name == "betas" else text
+    p = tmp_path / "params.yaml"
+    p.write_text(f"{group}:\n  {name}: {value}\n")
+    with pytest.raises(ParamsError, match=rf"{group}\.{name}(\[1\])?: must be a finite number"):
+        read_params_file(p)
+
+
+def test_every_float_field_goes_through_the_finite_check():
+    """The check lives in the typed coercion, so no float field (present or future) escapes it."""
+    from larp.config import _coerce
+
+    for tp in (float, float | None, tuple[float, float], tuple[float, ...]):
+        bad = (float("inf"), 1.0) if typing_is_tuple(tp) else float("nan")
+        with pytest.raises(ParamsError, match="finite"):
+            _coerce(bad, tp, "k")
+
+
+def typing_is_tuple(tp) -> bool:
+    import typing
+
+    return typing.get_origin(tp) is tuple
+
+
+def test_yaml_syntax_error_is_one_line_with_file_line_column(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("dataset: embedded\nprior:\n  alpha: [0.1\n  n_rounds: 2\n")
+    with pytest.raises(ParamsError) as e:
+        read_params_file(p)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{p}:") and "line " in msg and "column " in msg
