@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from larp.config import DATASETS, ParamsError, read_params_file
+from larp.preemption import exit_on_preemption
 
 
 def _common(p: argparse.ArgumentParser, dataset_positional: bool = False) -> None:
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+_TRAINING_COMMANDS = ("train-tokenizer", "train-ar")  # resumable: a preempted one exits 75 to be resubmitted
+
 _RESOURCE_OF = {"download": "download", "extract": "extract", "train-tokenizer": "train_tokenizer",
                 "tokenize": "tokenize", "train-ar": "train_ar", "sample": "sample", "fvd": "fvd", "rfvd": "fvd"}
 
@@ -132,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         from larp.report import main_report
 
         return main_report(argv[1:])
+    if argv[:1] and argv[0] in _TRAINING_COMMANDS:  # first of all: a preemption from now on exits 75
+        with exit_on_preemption():
+            return _main(argv)
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         pf = read_params_file(args.params)

@@ -73,6 +73,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from larp.config import TrainParams
+from larp.preemption import PREEMPTED_EXIT_CODE, STOP_SIGNALS  # noqa: F401 (public here too)
 from larp.train.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -87,8 +88,6 @@ from larp.train.distributed import DistEnv, all_reduce_mean, any_rank, setup_dis
 from larp.train.sampler import micro_batches
 from larp.train.schedule import lr_multiplier
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; see the module docstring
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StepLoss(NamedTuple):
