@@ -64,7 +64,7 @@ class DataParams:
 
 @dataclass
 class FrameStorage:
-    """How `larp extract` stores one dataset's frames (larp.data.frames).
+    """How `larp extract` stores one dataset's frames (larp.data.frames), and the largest frames it decodes.
 
     raw: exact uint8, 48 KiB per 128x128 frame (UCF-101: ~120 GB). jpeg: libjpeg-turbo at ``jpeg_quality``,
     ~7x smaller but lossy; the default for Kinetics-600, whose raw frames would take ~5 TB.
@@ -72,9 +72,14 @@ class FrameStorage:
 
     frame_format: Literal["raw", "jpeg"] = "raw"
     jpeg_quality: int = 95
+    # source videos with larger frames are skipped (and reported) before any frame is decoded: decoding
+    # costs memory in proportion (16000 x 16000 took ~5 GB). Default: 4K UHD passes. null = no limit
+    max_pixels: int | None = 3840 * 2160
 
     def validate(self, group: str = "storage") -> None:
         _check(1 <= self.jpeg_quality <= 100, f"{group}.jpeg_quality", f"must be in [1, 100], got {self.jpeg_quality}")
+        _check(self.max_pixels is None or self.max_pixels >= 1, f"{group}.max_pixels",
+               f"must be >= 1 or null, got {self.max_pixels}")
 
 
 @dataclass
