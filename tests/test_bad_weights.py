@@ -129,3 +129,30 @@ def test_refused_resume_checkpoint_says_move_the_run_directory_aside(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "no usable checkpoint" in msg and f"move the run directory {run_dir} aside" in msg
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_train_tokenizer_with_a_poisoned_run_directory_exits_2_and_says_what_to_do(tmp_path, capsys):
+    """The command end to end: a pickle in place of the newest checkpoint of the run it resumes."""
+    import hashlib
+
+    import yaml
+    from micro import MICRO, make_frames
+
+    frames = make_frames(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"presets": {"embedded": "tiny"}, **MICRO, "train_tokenizer": {
+        **MICRO["train_tokenizer"], "checkpoint_every": 1}}))
+    argv = ["train-tokenizer", "--params", str(params), "--dataset", "embedded", "--frames", str(frames), "--out",
+            str(tmp_path / "t.safetensors"), "--metrics", str(tmp_path / "m.csv")]
+    assert main(argv) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    newest = max((run_dir / "checkpoints").glob("step-*.pt"))
+    newest.write_bytes(pickle.dumps({"step": _Payload(tmp_path / "PWNED")}))
+    newest.with_name(newest.name + ".sha256").write_text(hashlib.sha256(newest.read_bytes()).hexdigest() + "\n")
+    (tmp_path / "t.safetensors").unlink()
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(newest) in err, err
+    assert f"move the run directory {run_dir} aside" in err
+    assert not (tmp_path / "PWNED").exists()
