@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,60 @@ def test_tokenizer_data_mix_per_preset_and_the_dvc_dataset_list(tmp_path):
 def test_bad_tokenizer_data_mix_is_refused_at_load(tmp_path, doc, match):
     with pytest.raises(ParamsError, match=match):
         read_params_file(write(tmp_path, doc))
+
+
+# ---- hostile params.yaml (issue 18) ----
+
+
+def test_empty_params_file_is_an_error_naming_it(tmp_path):
+    p = tmp_path / "params.yaml"
+    for text in ("", "# only a comment\n", "\n\n"):
+        p.write_text(text)
+        with pytest.raises(ParamsError, match=r"params\.yaml.*empty"):
+            read_params_file(p)
+    p.write_text("prior: {}\n")  # an intentionally empty override group stays valid
+    assert read_params_file(p).resolve("embedded").prior.alpha == preset("tiny").prior.alpha
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    """The ParamsError message of a params.yaml holding ``text``; it must be one line naming the file."""
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    with pytest.raises(ParamsError) as e:
+        read_params_file(p)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_duplicate_keys_rejected_with_both_lines(tmp_path):
+    msg = error_of(tmp_path, "dataset: embedded\nprior:\n  alpha: 0.06\n  n_rounds: 2\n  alpha: 0.5\n")
+    assert msg == f"{tmp_path / 'params.yaml'}: duplicate key 'alpha' on line 3 and line 5"
+    assert "'prior' on line 1 and line 2" in error_of(tmp_path, "prior: {alpha: 0.1}\nprior: {alpha: 0.2}\n")
+    # the same key in two mappings is no duplicate
+    assert "loss.alpha: unknown key" in error_of(tmp_path, "prior: {alpha: 0.1}\nloss: {alpha: 0.2}\n")
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", ".NaN", "1.0e+400"])
+@pytest.mark.parametrize("key", ["prior.alpha", "train_tokenizer.lr", "tokenizer.svq_temperature",
+                                 "loss.gan_weight", "sample.cfg_scale", "sample.temperature",
+                                 "train_ar.betas"])
+def test_every_float_must_be_finite(tmp_path, key, text):
+    group, name = key.split(".")
+    value = f"[0.9, {text}]" if name == "betas" else text
+    msg = error_of(tmp_path, f"{group}:\n  {name}: {value}\n")
+    assert re.match(rf"{group}\.{name}(\[1\])?: must be a finite number", msg), msg
+
+
+@pytest.mark.parametrize("tp", [float, float | None, tuple[float, float], tuple[float, ...]])
+def test_every_float_field_goes_through_the_finite_check(tp):
+    """The check lives in the typed coercion, so no float field (present or future) escapes it."""
+    from larp.config import _coerce
+
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ParamsError, match="finite"):
+            _coerce((1.0, bad) if typing.get_origin(tp) is tuple else bad, tp, "k")
+
+
+def test_yaml_syntax_error_is_one_line_with_file_line_column(tmp_path):
+    msg = error_of(tmp_path, "dataset: embedded\nprior:\n  alpha: [0.1\n  n_rounds: 2\n")
+    assert msg.startswith(f"{tmp_path / 'params.yaml'}: not valid YAML at line 4, column 11: ")

@@ -214,3 +214,119 @@ def test_jpeg_shards_resume_and_a_format_change_redoes_them(tmp_path):
     assert FrameStore(out).frame_format == "raw"
     with pytest.raises(ValueError, match="frame_format must be one of"):
         extract_dataset(raw, out, size=32, shard_videos=5, workers=1, frame_format="png")
+
+
+# ---- reuse depends on the sources; frame counts; the pixel limit (issue 18) ----
+
+
+def test_a_replaced_source_is_extracted_again(tmp_path):
+    raw = make_raw(tmp_path / "raw", bad=True)
+    out = tmp_path / "frames"
+    first = extract_dataset(raw, out, size=32, shard_videos=4, workers=1)
+    assert any("empty" in s["reason"] for s in first["skipped_files"])
+    untouched = (out / "shard-00003.u8").stat().st_mtime_ns  # its videos' sources did not change
+    # the broken file is replaced by a good video (the one its index row describes)
+    good = raw / "UCF-101/BouncingBall/v_BouncingBall_g01_c01.avi"
+    (raw / "UCF-101/BouncingBall/v_BouncingBall_g90_c01.avi").write_bytes(good.read_bytes())
+    again = extract_dataset(raw, out, size=32, shard_videos=4, workers=1)
+    assert again["extracted"] == first["extracted"] + 1 and again["skipped"] == 3
+    assert "v_BouncingBall_g90_c01" in set(pd.read_csv(out / "videos.csv")["video_id"])
+    assert (out / "shard-00003.u8").stat().st_mtime_ns == untouched
+    # a source rewritten in place with the same size: its new mtime is noticed, its shard alone redone
+    video = raw / pd.read_csv(raw / "index.csv")["path"][0]
+    shard0 = (out / "shard-00000.u8").stat().st_mtime_ns
+    stamp = video.stat().st_mtime_ns
+    video.write_bytes(video.read_bytes())
+    os.utime(video, ns=(stamp + 10**9, stamp + 10**9))
+    extract_dataset(raw, out, size=32, shard_videos=4, workers=1)
+    assert (out / "shard-00000.u8").stat().st_mtime_ns != shard0
+    assert (out / "shard-00003.u8").stat().st_mtime_ns == untouched
+
+
+def test_a_video_skipped_for_lack_of_memory_is_retried(tmp_path, monkeypatch):
+    import errno
+
+    import av
+
+    raw = make_raw(tmp_path / "raw")
+    out = tmp_path / "frames"
+    victim = pd.read_csv(raw / "index.csv")["path"][5]
+    real = ex.av.open
+
+    def short_of_memory(path, *args, **kwargs):
+        if str(path).endswith(victim):
+            raise av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ex.av, "open", short_of_memory)
+    first = extract_dataset(raw, out, size=32, shard_videos=4, workers=1)
+    assert first["skipped"] == 1 and "memory" in first["skipped_files"][0]["reason"]
+    monkeypatch.setattr(ex.av, "open", real)
+    again = extract_dataset(raw, out, size=32, shard_videos=4, workers=1)
+    assert again["skipped"] == 0 and again["extracted"] == 12
+
+
+def test_fewer_frames_than_the_index_says_is_reported_and_the_stored_count_rules(tmp_path, capsys):
+    from micro import tiny_video
+
+    raw = make_raw(tmp_path / "raw")
+    index = pd.read_csv(raw / "index.csv")
+    (raw / index["path"][2]).write_bytes(tiny_video(3, seed=1))  # the index still says num_frames >= 8
+    report = extract_dataset(raw, tmp_path / "frames", size=32, shard_videos=4, workers=1)
+    assert report["frame_count_mismatches"] == [
+        {"path": index["path"][2], "index_frames": int(index["num_frames"][2]), "decoded_frames": 3}]
+    assert "fewer frames" in capsys.readouterr().out
+    store = FrameStore(tmp_path / "frames")
+    assert store.frame_counts[2] == 3
+    # the clip stages read num_frames: it is the stored count, not the index's
+    assert (store.table["num_frames"].to_numpy() == store.frame_counts).all()
+    from larp.eval.protocols import rfvd_clips
+
+    for seed in range(20):  # every clip of the short video lies within its 3 stored frames
+        clips = rfvd_clips(store.table, frames=2, seed=seed, split=1)
+        assert (clips["start"][clips["row"] == 2] + 2 <= 3).all()
+
+
+def test_frames_above_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    raw = make_raw(tmp_path / "raw")
+    video = raw / pd.read_csv(raw / "index.csv")["path"][0]
+    decoded = []
+    real = ex.av.open
+
+    def counting(*args, **kwargs):
+        container = real(*args, **kwargs)
+        inner = container.decode
+
+        def decode(*a, **k):
+            for frame in inner(*a, **k):
+                decoded.append(1)
+                yield frame
+        return type("C", (), {"__enter__": lambda s: s, "__exit__": lambda s, *e: container.close(),
+                              "streams": container.streams, "format": container.format,
+                              "decode": staticmethod(decode)})()
+
+    monkeypatch.setattr(ex.av, "open", counting)
+    with pytest.raises(VideoDecodeError, match=r"64x48 = 3072 pixels per frame, above the limit of 3000") as e:
+        list(decode_frames(video, max_pixels=3000))
+    assert str(video) in str(e.value) and not decoded
+    assert len(list(decode_frames(video, max_pixels=3072))) > 0
+    monkeypatch.setattr(ex.av, "open", real)
+    out = tmp_path / "frames"
+    report = extract_dataset(raw, out, size=32, shard_videos=4, workers=1, max_pixels=3000)
+    assert report["extracted"] == 0 and all("pixels" in s["reason"] for s in report["skipped_files"])
+    again = extract_dataset(raw, out, size=32, shard_videos=4, workers=1)  # a higher limit: extracted now
+    assert again["extracted"] == 12
+
+
+def test_pixel_limit_is_a_tracked_storage_parameter(tmp_path):
+    from larp import stages
+    from larp.config import ParamsError, apply_overrides, preset
+
+    raw = make_raw(tmp_path / "raw")
+    params = apply_overrides(preset("tiny"), {"storage": {"embedded": {"max_pixels": 1000}}})
+    stages.extract("embedded", raw, tmp_path / "frames", params)
+    report = json.loads((tmp_path / "frames" / "report.json").read_text())
+    assert report["extracted"] == 0 and "max_pixels" in report["skipped_files"][0]["reason"]
+    assert preset("paper").storage.k600.max_pixels >= 3840 * 2160  # 4K UHD passes by default
+    with pytest.raises(ParamsError, match="storage.ucf101.max_pixels"):
+        apply_overrides(preset("tiny"), {"storage": {"ucf101": {"max_pixels": 0}}})

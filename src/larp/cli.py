@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from larp.config import DATASETS, ParamsError, read_params_file
+from larp.preemption import exit_on_preemption
 
 
 def _common(p: argparse.ArgumentParser, dataset_positional: bool = False) -> None:
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+_TRAINING_COMMANDS = ("train-tokenizer", "train-ar")  # resumable: a preempted one exits 75 to be resubmitted
+
 _RESOURCE_OF = {"download": "download", "extract": "extract", "train-tokenizer": "train_tokenizer",
                 "tokenize": "tokenize", "train-ar": "train_ar", "sample": "sample", "fvd": "fvd", "rfvd": "fvd"}
 
@@ -132,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         from larp.report import main_report
 
         return main_report(argv[1:])
+    if argv[:1] and argv[0] in _TRAINING_COMMANDS:  # first of all: a preemption from now on exits 75
+        with exit_on_preemption():
+            return _main(argv)
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         pf = read_params_file(args.params)
@@ -143,10 +153,27 @@ def main(argv: list[str] | None = None) -> int:
 
     _limit_threads(args.command, params, fp=getattr(args, "fp", False))
     try:
+        for weights in (getattr(args, "tokenizer", None), getattr(args, "ar", None)):
+            if weights is not None:  # a bad weights file fails now, not after the data is loaded
+                from larp.train.checkpoint import check_weights_file
+
+                check_weights_file(weights)
         return _run(args, pf, dataset, params)
-    except (ParamsError, FileNotFoundError) as e:  # missing inputs, data that contradicts the parameters
+    except _bad_input_errors() as e:  # bad or missing inputs, data that contradicts the parameters
         print(f"larp {args.command}: {e}", file=sys.stderr)
         return 2
+
+
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean a bad input, named in their one-line message: exit code 2, no traceback.
+
+    A function, evaluated only when an exception propagates, so that the CLI does not import torch to parse
+    its arguments.
+    """
+    from larp.convert import ConversionError
+    from larp.train.checkpoint import CheckpointError
+
+    return ParamsError, FileNotFoundError, CheckpointError, ConversionError
 
 
 def _run(args: argparse.Namespace, pf, dataset: str | None, params) -> int:
@@ -174,14 +201,9 @@ def _run(args: argparse.Namespace, pf, dataset: str | None, params) -> int:
     elif args.command == "rfvd":
         stages.rfvd(args.dataset, args.frames, args.tokenizer, args.out, params)
     elif args.command == "import-weights":
-        from larp.convert import ConversionError, import_weights_stage
-        from larp.train.checkpoint import UnsafeCheckpointError
+        from larp.convert import import_weights_stage
 
-        try:
-            import_weights_stage(args.kind, args.src, args.out, params)
-        except (ConversionError, UnsafeCheckpointError) as e:
-            print(f"larp import-weights: {e}", file=sys.stderr)
-            return 1
+        import_weights_stage(args.kind, args.src, args.out, params)
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class DataParams:
 
 @dataclass
 class FrameStorage:
-    """How `larp extract` stores one dataset's frames (larp.data.frames).
+    """How `larp extract` stores one dataset's frames (larp.data.frames), and the largest frames it decodes.
 
     raw: exact uint8, 48 KiB per 128x128 frame (UCF-101: ~120 GB). jpeg: libjpeg-turbo at ``jpeg_quality``,
     ~7x smaller but lossy; the default for Kinetics-600, whose raw frames would take ~5 TB.
@@ -71,9 +72,14 @@ class FrameStorage:
 
     frame_format: Literal["raw", "jpeg"] = "raw"
     jpeg_quality: int = 95
+    # source videos with larger frames are skipped (and reported) before any frame is decoded: decoding
+    # costs memory in proportion (16000 x 16000 took ~5 GB). Default: 4K UHD passes. null = no limit
+    max_pixels: int | None = 3840 * 2160
 
     def validate(self, group: str = "storage") -> None:
         _check(1 <= self.jpeg_quality <= 100, f"{group}.jpeg_quality", f"must be in [1, 100], got {self.jpeg_quality}")
+        _check(self.max_pixels is None or self.max_pixels >= 1, f"{group}.max_pixels",
+               f"must be >= 1 or null, got {self.max_pixels}")
 
 
 @dataclass
@@ -623,6 +629,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                f"must be a number, got {value!r}")
+        # every float parameter (weights, rates, temperatures...) must be finite: .inf or .nan would pass
+        # range checks by accident or not at all and turn into infinite losses hours later
+        _check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
@@ -678,14 +687,42 @@ class ParamsFile:
         return apply_overrides(preset(self.presets[name]), self.overrides)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key repeated in one mapping (PyYAML silently keeps the last value)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ParamsError(f"{self.name}: duplicate key {key!r} on line {seen[key]} and line {line}")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(path: Path) -> Any:
+    """The YAML document of ``path``; one-line errors naming the file (and line and column)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        what = " ".join(x for x in (e.context, e.problem) if x)
+        raise ParamsError(f"{path}: not valid YAML at {where}: {what}") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
+
+
 def read_params_file(path: str | Path) -> ParamsFile:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    raw = _load_yaml(path)
+    # an empty file is a mistake (a lost or truncated file), not "use the preset defaults"; an intentionally
+    # empty override group is written `{}`
+    _check(raw is not None, str(path), "empty parameter file (no YAML document); write `{}` for no overrides")
     _check(isinstance(raw, dict), str(path), "must be a mapping of parameter groups")
     raw = dict(raw)
     dataset = raw.pop("dataset", "embedded")

@@ -49,7 +49,7 @@ def extract(dataset: str, raw: Path, out: Path, params: Params) -> None:
     storage = getattr(params.storage, dataset)
     extract_dataset(Path(raw), Path(out), size=params.data.size, shard_videos=params.data.shard_videos,
                     workers=params.data.workers, frame_format=storage.frame_format,
-                    jpeg_quality=storage.jpeg_quality)
+                    jpeg_quality=storage.jpeg_quality, max_pixels=storage.max_pixels)
 
 
 def _launch_torchrun_if_multi_gpu() -> None:

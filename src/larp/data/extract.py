@@ -36,11 +36,15 @@ CHUNK = 32  # frames resized per call: bounds memory on long videos, keeps the k
 
 
 class VideoDecodeError(ValueError):
-    """A file could not be decoded as a complete video; the message names the file and the reason."""
+    """A file could not be decoded as a complete video; the message names the file and the reason.
 
-    def __init__(self, path: Path, reason: str):
+    ``retry``: the failure says nothing about the file (the machine was short of memory), so a later run
+    tries it again instead of reusing the skip.
+    """
+
+    def __init__(self, path: Path, reason: str, retry: bool = False):
         super().__init__(f"{path}: {reason}")
-        self.path, self.reason = path, reason
+        self.path, self.reason, self.retry = path, reason, retry
 
 
 def resize_crop(frames: np.ndarray, size: int) -> np.ndarray:
@@ -62,10 +66,18 @@ def _riff_truncated(path: Path) -> str | None:
     return f"truncated: {actual} of {declared} bytes" if actual < declared else None
 
 
-def decode_frames(path: str | Path):
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise VideoDecodeError(path, f"{width}x{height} = {width * height} pixels per frame, above the limit of "
+                                     f"{max_pixels} (the max_pixels storage parameter); not decoded")
+
+
+def decode_frames(path: str | Path, max_pixels: int | None = None):
     """Yield the decoded RGB frames of a video as uint8 (h, w, 3); raises VideoDecodeError on bad files.
 
-    A file that ends before the frame count its container declares (truncated) is an error too.
+    A file that ends before the frame count its container declares (truncated) is an error too, and so are
+    frames of more than ``max_pixels`` pixels: refused from the stream's header, before any is decoded (a
+    16000 x 16000 video took ~5 GB to decode), and checked again on each frame.
     """
     path = Path(path)
     try:
@@ -78,10 +90,14 @@ def decode_frames(path: str | Path):
                 raise VideoDecodeError(path, "no video stream")
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1  # parallelism comes from processes, one per core
+            _check_pixels(path, stream.codec_context.width, stream.codec_context.height, max_pixels)
             declared, n, is_riff = stream.frames, 0, container.format.name == "avi"
             for frame in container.decode(stream):
+                _check_pixels(path, frame.width, frame.height, max_pixels)
                 n += 1
                 yield frame.to_ndarray(format="rgb24")
+    except MemoryError as e:  # (PyAV's ENOMEM error is one too)
+        raise VideoDecodeError(path, f"out of memory while decoding ({e}); retried on the next run", retry=True) from e
     except (av.error.FFmpegError, OSError) as e:
         raise VideoDecodeError(path, f"cannot decode: {e.strerror or e}") from e
     if n == 0:
@@ -91,12 +107,12 @@ def decode_frames(path: str | Path):
         raise VideoDecodeError(path, f"truncated: decoded {n} of {declared} frames")
 
 
-def extract_frames(path: str | Path, size: int = 128) -> np.ndarray:
+def extract_frames(path: str | Path, size: int = 128, max_pixels: int | None = None) -> np.ndarray:
     """One video decoded, resized and centre-cropped as `larp extract` does: uint8 (t, size, size, 3)."""
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     out, chunk = [], []
-    for img in decode_frames(path):
+    for img in decode_frames(path, max_pixels):
         chunk.append(img)
         if len(chunk) == CHUNK:
             out.append(resize_crop(np.stack(chunk), size))
@@ -122,21 +138,37 @@ def encode_jpegs(frames: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
     return b"".join(b.numpy().tobytes() for b in blobs), np.array([len(b) for b in blobs], dtype=np.int64)
 
 
-def _decode_job(job: tuple[str, int, str, int]) -> tuple[np.ndarray | tuple | None, str | None]:
-    """One video for the shard writer: raw frames, or (JPEG bytes, each frame's byte length)."""
-    path, size, frame_format, quality = job
+def _decode_job(job: tuple[str, int, str, int, int | None]) -> tuple[np.ndarray | tuple | None, dict]:
+    """One video for the shard writer: raw frames, or (JPEG bytes, each frame's byte length), or None when
+    it is skipped; and the entries of its record: the version of its source (taken before the decode, so
+    that a file replaced meanwhile is redone next time) and why it was skipped."""
+    path, size, frame_format, quality, max_pixels = job
+    entries: dict = {"source": _source(Path(path))}
     try:
-        frames = extract_frames(path, size)
+        frames = extract_frames(path, size, max_pixels)
+    except MemoryError as e:  # resizing a long or large video
+        return None, {**entries, "error": f"out of memory ({e}); retried on the next run", "retry": True}
     except VideoDecodeError as e:
-        return None, e.reason
+        return None, {**entries, "error": e.reason, **({"retry": True} if e.retry else {})}
     if frame_format == "jpeg":  # encoded here, in the worker processes, where the parallelism is
-        return encode_jpegs(frames, quality), None
-    return frames, None
+        return encode_jpegs(frames, quality), entries
+    return frames, entries
 
 
-def _shard_is_valid(out_dir: Path, k: int, video_ids: list[str], size: int, frame_format: str,
-                    quality: int) -> dict | None:
-    """The shard's record if its files exist, match this index slice and format and have the expected length."""
+def _source(path: Path) -> dict | None:
+    """What identifies a source file's version without reading it: its size and modification time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _shard_is_valid(out_dir: Path, k: int, video_ids: list[str], sources: list[dict | None], size: int,
+                    frame_format: str, quality: int, max_pixels: int | None) -> dict | None:
+    """The shard's record if its files exist, match this index slice, its source files as they are now
+    (size, mtime), the format and pixel limit, skipped no video for a passing reason (memory), and have the
+    expected length."""
     rec_path, data_path = out_dir / shard_name(k, ".json"), out_dir / shard_name(k, SHARD_EXT[frame_format])
     if not (rec_path.is_file() and data_path.is_file()):
         return None
@@ -144,7 +176,9 @@ def _shard_is_valid(out_dir: Path, k: int, video_ids: list[str], size: int, fram
         rec = json.loads(rec_path.read_text())
     except ValueError:
         return None
-    if rec.get("video_ids") != video_ids or rec.get("size") != size:
+    if rec.get("video_ids") != video_ids or rec.get("size") != size or rec.get("max_pixels") != max_pixels:
+        return None
+    if [v.get("source") for v in rec["videos"]] != sources or any(v.get("retry") for v in rec["videos"]):
         return None
     if rec.get("frame_format", "raw") != frame_format or (frame_format == "jpeg" and rec.get("jpeg_quality") != quality):
         return None
@@ -159,11 +193,14 @@ def _shard_is_valid(out_dir: Path, k: int, video_ids: list[str], size: int, fram
 
 
 def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, workers: int,
-                    frame_format: str = "raw", jpeg_quality: int = 95) -> dict:
+                    frame_format: str = "raw", jpeg_quality: int = 95, max_pixels: int | None = None) -> dict:
     """Extract every video listed in ``raw_dir/index.csv`` into ``out_dir``; returns the report dict.
 
-    Videos that cannot be decoded (corrupt, truncated, empty, not a video) are skipped and listed in
-    ``report.json``. Existing valid shards are kept, so a re-run after a kill resumes where it stopped.
+    Videos that cannot be decoded (corrupt, truncated, empty, not a video, frames above ``max_pixels``
+    pixels) are skipped and listed in ``report.json``. Existing valid shards are kept, so a re-run after a
+    kill resumes where it stopped; a shard is extracted again when one of its source files changed (size or
+    mtime) or one of its videos was skipped for lack of memory. A video that decodes to another frame count
+    than index.csv says is listed in the report, and videos.csv's ``num_frames`` is the stored count.
     ``frame_format``: "raw" (exact uint8) or "jpeg" (at ``jpeg_quality``), see :mod:`larp.data.frames`.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -174,6 +211,8 @@ def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, 
         raise ValueError(f"frame_format must be one of {sorted(SHARD_EXT)}, got {frame_format!r}")
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels}")
     ext = SHARD_EXT[frame_format]
     index_path = raw_dir / "index.csv"
     if not index_path.is_file():
@@ -196,11 +235,15 @@ def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, 
             old.unlink()
     records: dict[int, dict] = {}
     for k, sl in enumerate(slices):
-        rec = _shard_is_valid(out_dir, k, sl["video_id"].tolist(), size, frame_format, jpeg_quality)
+        sources = [_source(raw_dir / p) for p in sl["path"]]
+        rec = _shard_is_valid(out_dir, k, sl["video_id"].tolist(), sources, size, frame_format, jpeg_quality,
+                              max_pixels)
         if rec is not None:
             records[k] = rec
     pending = [k for k in range(n_shards) if k not in records]
-    jobs = [(str(raw_dir / p), size, frame_format, jpeg_quality) for k in pending for p in slices[k]["path"]]
+    jobs = [(str(raw_dir / p), size, frame_format, jpeg_quality, max_pixels)
+            for k in pending for p in slices[k]["path"]]
+    index_frames = index["num_frames"] if "num_frames" in index.columns else pd.Series(pd.NA, index=index.index)
 
     bar = tqdm(total=len(index), initial=len(index) - len(jobs), desc="extract", unit="video")
     pool = mp.get_context("fork").Pool(workers, initializer=_init_worker) if workers > 1 and jobs else None
@@ -210,10 +253,10 @@ def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, 
             videos, start, lengths = [], 0, [np.zeros(1, np.int64)]
             data_path = out_dir / shard_name(k, ext)
             with atomic_path(data_path) as tmp, open(tmp, "wb") as f:
-                for vid, path in zip(slices[k]["video_id"], slices[k]["path"]):
-                    out, error = next(results)
+                for row, vid, path in zip(slices[k].index, slices[k]["video_id"], slices[k]["path"]):
+                    out, entries = next(results)
                     if out is None:
-                        videos.append({"video_id": vid, "path": path, "error": error, "frame_count": 0})
+                        videos.append({"video_id": vid, "path": path, **entries, "frame_count": 0})
                     else:
                         if frame_format == "jpeg":
                             blob, sizes = out
@@ -224,15 +267,18 @@ def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, 
                             assert out.dtype == FRAME_DTYPE and out.shape[1:] == (size, size, 3)
                             f.write(out.tobytes())
                             n = len(out)
-                        videos.append({"video_id": vid, "path": path, "frame_start": start, "frame_count": n})
+                        videos.append({"video_id": vid, "path": path, **entries, "frame_start": start,
+                                       "frame_count": n})
+                        if not pd.isna(expected := index_frames[row]) and int(expected) != n:
+                            videos[-1]["index_frames"] = int(expected)
                         start += n
                     bar.update(1)
             if frame_format == "jpeg":
                 with atomic_path(offsets_path(data_path)) as tmp, open(tmp, "wb") as f:
                     np.save(f, np.cumsum(np.concatenate(lengths)))
             # the record last: it marks the shard complete
-            records[k] = {"size": size, "frame_format": frame_format, "video_ids": slices[k]["video_id"].tolist(),
-                          "videos": videos}
+            records[k] = {"size": size, "frame_format": frame_format, "max_pixels": max_pixels,
+                          "video_ids": slices[k]["video_id"].tolist(), "videos": videos}
             if frame_format == "jpeg":
                 records[k]["jpeg_quality"] = jpeg_quality
             atomic_write_json(out_dir / shard_name(k, ".json"), records[k])
@@ -242,15 +288,20 @@ def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, 
             pool.terminate()
 
     # the tables, from the shard records only: identical bytes whether or not the run was interrupted
-    rows, skipped = [], []
+    rows, skipped, mismatches = [], [], []
     for k in range(n_shards):
         for v in records[k]["videos"]:
             if "error" in v:
                 skipped.append({"path": v["path"], "reason": v["error"]})
             else:
                 rows.append((v["video_id"], shard_name(k, ext), v["frame_start"], v["frame_count"]))
+            if "index_frames" in v:
+                mismatches.append({"path": v["path"], "index_frames": v["index_frames"],
+                                   "decoded_frames": v["frame_count"]})
     where = pd.DataFrame(rows, columns=["video_id", "shard", "frame_start", "frame_count"])
     videos_table = index.merge(where, on="video_id", how="inner", validate="one_to_one")
+    if "num_frames" in videos_table.columns:  # what the clip stages read: the frames that are stored
+        videos_table["num_frames"] = videos_table["frame_count"]
     atomic_write_text(out_dir / "videos.csv", videos_table.to_csv(index=False))
     report = {
         "videos": len(index),
@@ -265,10 +316,15 @@ def extract_dataset(raw_dir: Path, out_dir: Path, size: int, shard_videos: int, 
                    f"one JPEG (quality {jpeg_quality}) per frame, concatenated per shard, byte offsets in "
                    f"shard-*{OFFSETS_EXT}") + "; rows located by videos.csv",
         "skipped_files": skipped,
+        "max_pixels": max_pixels,
+        "frame_count_mismatches": mismatches,
     }
     atomic_write_json(out_dir / "report.json", report)
     print(
         f"extracted {report['extracted']} of {report['videos']} videos ({report['frames']} frames, "
         f"{n_shards} shards); skipped {report['skipped']}" + (" (see report.json)" if skipped else "")
     )
+    if mismatches:
+        print(f"{len(mismatches)} videos decoded to fewer frames (or more) than index.csv says; the stored counts "
+              f"are used (see report.json: frame_count_mismatches)")
     return report

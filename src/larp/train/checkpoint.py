@@ -91,6 +91,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     ``"model"`` / ``"state_dict"``), loaded safely; :class:`CheckpointError` for anything else."""
     path = Path(path)
     if path.suffix == ".safetensors":
+        check_weights_file(path)
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for a bad header
@@ -151,7 +152,7 @@ def load_latest_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | Non
             )
             problems.append(str(e))
     if problems:
-        raise CheckpointError(f"{directory}: no usable checkpoint:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{directory}: no usable checkpoint: " + "; ".join(problems))
     return None
 
 
@@ -213,9 +214,55 @@ def save_weights(
         save_file(tensors, str(tmp), metadata=meta)
 
 
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` as a safetensors file (read from its first bytes and header), or None."""
+    if path.is_dir():
+        return "is a directory, not a weights file"
+    if not path.exists():
+        return "weights file not found"
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head.startswith(b"PK\x03\x04"):
+            return "a torch.save (zip) file, not safetensors; convert released checkpoints with `larp import-weights`"
+        if head[:1] == b"\x80":
+            return "a Python pickle, not safetensors; it is never loaded (unpickling can run code)"
+        if len(head) < 8:
+            return f"truncated: {size} bytes, shorter than the 8-byte safetensors header length"
+        n = int.from_bytes(head, "little")
+        if 8 + n > size:
+            if n <= 100_000_000:  # a plausible header length: the file was cut short
+                return f"truncated: {size} bytes, the header alone needs {8 + n}"
+            if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+                return "a text file, not safetensors weights"
+            return "not a safetensors file (impossible header length)"
+        try:
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return "not a safetensors file (its header is not valid JSON)"
+    if size < 8 + n + end:
+        return f"truncated: {size} of {8 + n + end} bytes"
+    return None
+
+
+def check_weights_file(path: Path) -> None:
+    """Raise :class:`CheckpointError` (one line: the file and what is wrong) unless ``path`` looks like a
+    complete safetensors file. Cheap (header only): the CLI runs it before any work."""
+    path = Path(path)
+    if problem := _safetensors_problem(path):
+        raise CheckpointError(f"{path}: {problem}")
+
+
 def load_weights(path: Path, module: torch.nn.Module, name: str, strict: bool = True) -> None:
     """Load the ``name`` module's entries of a :func:`save_weights` file into ``module``."""
-    tensors = load_file(str(path))
+    check_weights_file(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types; the header check above names most cases
+        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
     prefix = f"{name}."
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:

@@ -73,7 +73,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from larp.config import TrainParams
+from larp.preemption import PREEMPTED_EXIT_CODE, STOP_SIGNALS  # noqa: F401 (public here too)
 from larp.train.checkpoint import (
+    CheckpointError,
     capture_rng_state,
     load_checkpoint_file,
     load_latest_checkpoint,
@@ -86,8 +88,6 @@ from larp.train.distributed import DistEnv, all_reduce_mean, any_rank, setup_dis
 from larp.train.sampler import micro_batches
 from larp.train.schedule import lr_multiplier
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; see the module docstring
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StepLoss(NamedTuple):
@@ -156,6 +156,18 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
+
+
+_START_OVER = "to start this run over, move the run directory {} aside"
+
+
+def resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest usable checkpoint of a run directory, or None; a refusal (unsafe or no usable checkpoint)
+    is one line that says how to start over."""
+    try:
+        return load_latest_checkpoint(run_dir / "checkpoints")
+    except CheckpointError as e:
+        raise type(e)(f"{e}; {_START_OVER.format(run_dir)}") from e
 
 
 @contextmanager
@@ -398,7 +410,7 @@ class _Trainer:
 
     def resume(self) -> int | None:
         """Load the newest usable checkpoint (rank 0 picks it, every rank loads it); its step, or None."""
-        found = load_latest_checkpoint(self.run_dir / "checkpoints") if self.env.is_main else None
+        found = resume_checkpoint(self.run_dir) if self.env.is_main else None
         chosen = [str(found[0]) if found else None]
         if self.env.distributed:
             dist.broadcast_object_list(chosen, src=0)
@@ -408,10 +420,10 @@ class _Trainer:
         where = chosen[0]
         saved = state["params"]
         if state["num_items"] != self.num_items or saved["global_batch"] != self.params.global_batch:
-            raise ValueError(
+            raise CheckpointError(
                 f"{where}: saved with {state['num_items']} items and global batch "
                 f"{saved['global_batch']}, now {self.num_items} and {self.params.global_batch}; "
-                f"the saved data position would be meaningless"
+                f"the saved data position would be meaningless; {_START_OVER.format(self.run_dir)}"
             )
         now = dataclasses.asdict(self.params)
         if self.env.is_main and (changed := [k for k in now if saved.get(k) != now[k]]):
