@@ -4,7 +4,8 @@ Class-conditional: sequence = [class embedding, z_0 .. z_1022] -> logits for z_0
 mean). Frame prediction (``generator.frame_prediction``): sequence = [1024 condition tokens, SEP, z_0 .. z_1022]
 -> the same 1024 logits/targets; the batch is (condition tokens, clip tokens). AdamW (0.9, 0.95), weight decay
 on Linear weights only, cosine schedule with warm-up, bf16 autocast on GPU; class-label dropout (-> null
-class) and token dropout inside the model. Trains on the pre-tokenized clips of `larp tokenize`.
+class) and token dropout inside the model. Trains on the pre-tokenized clips of `larp tokenize`; an epoch is one
+clip per training video, drawn from that video's clips (as the official epoch: one random clip per video).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def run_key(params: Params, tokens_dir: Path) -> str:
     if not params.generator.frame_prediction:  # class-conditional runs keep the keys they had before the FP fields
         for key in ("frame_prediction", "cond_frames"):
             relevant["generator"].pop(key)
+    relevant["epoch"] = "one clip per video"  # runs from when an epoch was every clip start a new run directory
     blob = json.dumps(relevant, sort_keys=True) + sha256_file(Path(tokens_dir) / "clips.csv")
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -93,7 +95,7 @@ def run_key(params: Params, tokens_dir: Path) -> str:
 def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, tokenizer_weights: Path | None = None,
                     run_root: Path | None = None, device: str | None = None, progress: bool = True) -> Path:
     """Train the AR generator on ``tokens_dir``; resumable; returns the run directory."""
-    from larp.tokenize import TokenDataset
+    from larp.tokenize import OneClipPerVideo, TokenDataset
 
     tokens_dir, weights_out = Path(tokens_dir), Path(weights_out)
     fp = params.generator.frame_prediction
@@ -117,8 +119,8 @@ def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, toke
     run_dir = Path(run_root or weights_out.parent / "runs") / f"ar-{run_key(params, tokens_dir)}"
     # frame prediction: periodic samples continue the first clips of the data (fixed, so comparable over time)
     conditions = dataset.cond_tokens[:8].clone() if fp else None
-    train(lambda dev: GeneratorTask(params, decode, conditions), dataset, params.train_ar, run_dir, weights_out,
-          device=device, progress=progress)
+    train(lambda dev: GeneratorTask(params, decode, conditions), OneClipPerVideo(dataset), params.train_ar, run_dir,
+          weights_out, device=device, progress=progress)
     atomic_write_json(run_dir / "done.json", {"weights": str(weights_out), "sha256": sha256_file(weights_out)})
     return run_dir
 
