@@ -14,7 +14,8 @@ import torch
 from larp.cli import main
 from larp.config import frame_prediction_params, preset
 from larp.data.index import COLUMNS, write_index
-from larp.tokenize import OneClipPerVideo, TokenDataset, shard_path
+from larp.tokenize import TokenDataset, shard_path
+from larp.train.generator import OneClipPerVideo
 from larp.train.sampler import SeededItems, item_seed, micro_batches, seeded_globals
 from larp.train.schedule import lr_multiplier, resolve_schedule
 

@@ -2,7 +2,7 @@
 
 The official AR trainer re-tokenizes a fresh random clip with a random flip at every step. Pre-tokenizing
 approximates that (deviation, README): every clip start offset at ``tokenize.clip_stride`` frames, each with
-and without horizontal flip; an AR epoch then draws one of each video's clips (:class:`OneClipPerVideo`). Output (``data/tokens/<dataset>/``)::
+and without horizontal flip; an AR epoch then draws one of each video's clips (``larp.train.generator.OneClipPerVideo``). Output (``data/tokens/<dataset>/``)::
 
     tokens-KKKKK.npy   uint16 (clips, num_tokens), written atomically, skipped on a re-run when complete
     cond-KKKKK.npy     frame prediction only (``generator.frame_prediction``): uint16 (clips, num_tokens),
@@ -189,25 +189,3 @@ class TokenDataset(torch.utils.data.Dataset):
         cond = self.labels[i] if self.cond_tokens is None else self.cond_tokens[i]
         return cond, self.tokens[i]
 
-
-class OneClipPerVideo(torch.utils.data.Dataset):
-    """The AR training epoch: item v is video v, as one of its pre-tokenized clips (start offset and flip)
-    drawn uniformly each time it is loaded; the official trainer likewise visits every training video once per
-    epoch with a fresh random clip and flip. So an epoch is (videos / global batch) steps, and a long video
-    weighs as much as a short one. The draw uses the global torch generator, which the training loop seeds per
-    (seed, epoch, item): the same clip after a resume, whatever the DataLoader workers.
-    """
-
-    def __init__(self, clips: TokenDataset) -> None:
-        self.clips = clips
-        rows = clips.clips["video_row"].to_numpy()
-        order = np.argsort(rows, kind="stable")  # clip indices grouped by video, in clips.csv order
-        self.video_rows, first, count = np.unique(rows[order], return_index=True, return_counts=True)
-        self.order, self.first, self.count = order.tolist(), first.tolist(), count.tolist()
-
-    def __len__(self) -> int:
-        return len(self.video_rows)
-
-    def __getitem__(self, v: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k = int(torch.randint(self.count[v], ()))
-        return self.clips[self.order[self.first[v] + k]]

@@ -14,7 +14,9 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,7 +27,33 @@ from larp.train.checkpoint import load_weights
 from larp.train.loop import Phase, StepContext, StepLoss, train
 from larp.visualize import grid_png, to_uint8
 
+if TYPE_CHECKING:
+    from larp.tokenize import TokenDataset
+
 METRICS = ("top1", "top5")
+
+
+class OneClipPerVideo(torch.utils.data.Dataset):
+    """The AR training epoch: item v is video v, as one of its pre-tokenized clips (start offset and flip)
+    drawn uniformly each time it is loaded; the official trainer likewise visits every training video once per
+    epoch with a fresh random clip and flip. So an epoch is (videos / global batch) steps, and a long video
+    weighs as much as a short one. The draw uses the global torch generator, which the training loop seeds per
+    (seed, epoch, item): the same clip after a resume, whatever the DataLoader workers.
+    """
+
+    def __init__(self, clips: TokenDataset) -> None:
+        self.clips = clips
+        rows = clips.clips["video_row"].to_numpy()
+        order = np.argsort(rows, kind="stable")  # clip indices grouped by video, in clips.csv order
+        self.video_rows, first, count = np.unique(rows[order], return_index=True, return_counts=True)
+        self.order, self.first, self.count = order.tolist(), first.tolist(), count.tolist()
+
+    def __len__(self) -> int:
+        return len(self.video_rows)
+
+    def __getitem__(self, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = int(torch.randint(self.count[v], ()))
+        return self.clips[self.order[self.first[v] + k]]
 
 
 class GeneratorTask:
@@ -95,7 +123,7 @@ def run_key(params: Params, tokens_dir: Path) -> str:
 def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, tokenizer_weights: Path | None = None,
                     run_root: Path | None = None, device: str | None = None, progress: bool = True) -> Path:
     """Train the AR generator on ``tokens_dir``; resumable; returns the run directory."""
-    from larp.tokenize import OneClipPerVideo, TokenDataset
+    from larp.tokenize import TokenDataset
 
     tokens_dir, weights_out = Path(tokens_dir), Path(weights_out)
     fp = params.generator.frame_prediction
