@@ -353,7 +353,8 @@ def fp_condition_tokens(tok, clip: torch.Tensor, index: int, params: Params) -> 
 def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
                     params: Params, *, progress: bool = True) -> None:
     """Shard ``shard`` of the FP-FVD set: each sample continues the first ``generator.cond_frames`` frames of
-    its real clip (repeated to 16 frames, tokenized, + SEP); the whole clip is generated (no CFG). Each shard
+    its real clip (repeated to 16 frames, tokenized by :func:`fp_condition_tokens`, + SEP); the whole clip is
+    generated (no CFG), in the precision of ``sample.cast_weights`` (the tokenizer in fp32, as official). Each shard
     generates only its own slice (the official code gave every parallel job the total count)."""
     from larp.config import frame_prediction_params
     from larp.eval.protocols import fp_fvd_shard
