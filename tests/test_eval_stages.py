@@ -293,3 +293,30 @@ def test_fp_sampling_and_fp_fvd(setup: dict, tmp_path: Path) -> None:
     assert saved["protocol"]["detector_input_resolution"] == 64 and saved["protocol"]["cfg_scale"] == 1.0
     assert saved["comparable_to_papers"] is False and np.isfinite(r["value"])
     assert saved["checkpoints"] == {"tokenizer": sha256_file(setup["tok"]), "ar": sha256_file(ar_fp)}
+
+
+def test_fp_condition_tokens_are_sampled_per_sample_or_argmax(setup: dict) -> None:
+    """The official FP evaluation draws the condition tokens (stochastic SVQ at the tokenizer's tau); each sample
+    from its own stream, so a shard gets the same tokens whatever else ran before; "argmax" is `encode`."""
+    from dataclasses import replace
+
+    from larp.config import frame_prediction_params
+    from larp.evaluate import fp_condition_tokens
+    from larp.tokenize import fp_condition
+
+    params = frame_prediction_params(setup["params"])
+    assert params.sample.fp_condition_svq == "sampled"
+    tok = load_tokenizer(setup["tok"], params)
+    clip = ClipDataset(setup["frames"], split="all", mode="eval", frames=16).read_clip(0, 0)
+    argmax = tok.encode(fp_condition(clip[None], params.generator.cond_frames))[0]
+    argmax_params = replace(params, sample=replace(params.sample, fp_condition_svq="argmax"))
+    assert torch.equal(fp_condition_tokens(tok, clip, 7, argmax_params), argmax)
+    torch.manual_seed(1)
+    first = fp_condition_tokens(tok, clip, 7, params)
+    torch.manual_seed(2)  # the global stream does not matter
+    assert torch.equal(fp_condition_tokens(tok, clip, 7, params), first)
+    draws = torch.stack([fp_condition_tokens(tok, clip, i, params) for i in range(20)])
+    assert (draws != argmax).any(), "tau = 0.03 never moved a token off the argmax"
+    assert len({tuple(d.tolist()) for d in draws}) > 1  # each sample index has its own draw
+    seed_params = replace(params, sample=replace(params.sample, seed=params.sample.seed + 1))
+    assert not all(torch.equal(fp_condition_tokens(tok, clip, i, seed_params), draws[i]) for i in range(20))

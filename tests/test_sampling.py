@@ -17,6 +17,7 @@ from larp.sample import (
     sample_generators,
     sample_tokens,
     sample_videos,
+    sampling_precision,
     sequence_nll,
     top_k_filter,
     top_p_filter,
@@ -176,6 +177,42 @@ def test_bf16_autocast_path_runs_on_cpu():
     out = sample_tokens(m, [(0, 1), (1, 2), (2, 3)], **kwargs(dtype=DTYPES["bf16"], batch_size=2))
     assert out.tokens.shape == (3, 16) and out.tokens.dtype == torch.long
     assert out.nll.dtype == torch.float32 and torch.isfinite(out.nll).all()
+
+
+def test_cast_weights_and_autocast_precisions_both_draw_valid_samples():
+    """The official precision (AR weights cast to bf16: residual stream, cache, logits and guidance mix in bf16;
+    tokenizer weights in fp16) and fp32 weights under autocast, both run on the CPU: valid videos, NLLs close to
+    the fp32 model's own NLL of the same tokens, and teacher-forced logits close to fp32's."""
+    from larp.models.tokenizer import LARPTokenizer
+
+    torch.manual_seed(0)
+    tok32 = LARPTokenizer.from_preset("tiny").eval()
+    torch.nn.init.normal_(tok32.final_layer.linear.weight, std=0.2)  # the zero-init output would decode to 0
+    pairs = [(i, i % 8) for i in range(4)]
+    out = {}
+    for cast in (True, False):
+        m, tok = tiny(seq_len=64), LARPTokenizer.from_preset("tiny").eval()
+        tok.load_state_dict(tok32.state_dict())
+        decode = sampling_precision(m, tok, torch.bfloat16, torch.float16, cast_weights=cast)
+        want = (torch.bfloat16, torch.float16) if cast else (torch.float32, torch.float32)
+        assert (m.abs_pe.dtype, next(tok.parameters()).dtype) == want
+        res = sample_videos(m, decode, pairs, **kwargs(dtype=torch.bfloat16, seed=3))
+        assert res.videos.shape == (4, 16, 32, 32, 3) and res.videos.dtype == np.uint8
+        assert np.isfinite(res.nll).all() and (res.nll > 0).all()
+        tokens = sample_tokens(m, pairs, **kwargs(dtype=torch.bfloat16, seed=3)).tokens
+        assert 0 <= int(tokens.min()) and int(tokens.max()) < m.cfg.vocab_size
+        ref = tiny(seq_len=64)  # fp32: its NLL of the same tokens
+        assert np.allclose(res.nll, sequence_nll(ref, torch.tensor([c for _, c in pairs]), tokens).numpy(),
+                           atol=0.05)
+        video = decode(tokens)  # the decoder in its precision vs fp32
+        assert video.dtype == torch.float32 and (video - tok32.decode(tokens)).abs().max() < 0.02
+        with torch.no_grad():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not cast):
+                logits = m(torch.tensor([1, 2]), tokens[:2, :-1])
+            full = ref(torch.tensor([1, 2]), tokens[:2, :-1])
+        assert logits.dtype == (torch.bfloat16 if cast else torch.float32)  # the guidance mix runs in this dtype
+        out[cast] = float((logits.float() - full).abs().max() / full.std())
+    assert out[True] < 0.1 and out[False] < 0.1, out
 
 
 def test_static_shape_decoding_draws_the_same_tokens():

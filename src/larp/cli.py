@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--dataset", choices=DATASETS, default=None)
 
+    p = sub.add_parser("schedule", help="print a training stage's step counts as JSON (steps per epoch, total, "
+                       "warm-up, global batch) to plan cluster time")
+    _common(p)
+    p.add_argument("--stage", choices=("train_tokenizer", "train_ar", "train_ar_fp"), required=True)
+    p.add_argument("--videos", type=int, default=None,
+                   help="training videos per epoch (default: counted in RAW_ROOT/<dataset>/index.csv)")
+    p.add_argument("--raw-root", type=Path, default=Path("data/raw"), help="where the indices are (default: data/raw)")
+
     p = sub.add_parser("download", help="fetch (ucf101) or generate (embedded) a dataset and index it")
     _common(p, dataset_positional=True)
     p.add_argument("--out", type=Path, required=True, help="raw dataset directory, e.g. data/raw/ucf101")
@@ -183,6 +191,8 @@ def _run(args: argparse.Namespace, pf, dataset: str | None, params) -> int:
     if args.command == "params":
         print(json.dumps({"dataset": dataset or pf.dataset, "preset": pf.presets[dataset or pf.dataset],
                           **dataclasses.asdict(params)}, indent=2))
+    elif args.command == "schedule":
+        print(json.dumps(stages.schedule(args.dataset, args.stage, params, args.videos, args.raw_root), indent=2))
     elif args.command == "download":
         stages.download(args.dataset, args.out, params)
     elif args.command == "extract":

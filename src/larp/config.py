@@ -380,7 +380,14 @@ class SampleParams:
     batch_size: int = 64
     shards: tuple[int, ...] = tuple(range(20))  # sampling jobs the workflow fans out to: 0, 1, ..., S-1
     seed: int = 0
-    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"  # on GPUs; CPU sampling runs in fp32
+    # as the official sampler on GPUs: the AR weights cast to `dtype` (residual stream and guidance mix in it), the
+    # tokenizer's to fp16 for decoding (fp32 for frame prediction); false: fp32 weights under autocast
+    cast_weights: bool = True
+    # frame prediction: the condition clip's tokens are drawn by stochastic SVQ (tokenizer.svq_temperature), as the
+    # official evaluation of the released FP model (its tokenizer stays in eval mode without deterministic SVQ);
+    # "argmax": the deterministic tokens the FP generator was trained on. Seeded per sample.
+    fp_condition_svq: Literal["sampled", "argmax"] = "sampled"
     # decode step: eager; static (fixed shapes); compiled (static under torch.compile, CUDA graphs on a GPU:
     # the same samples, tested on CPU; its GPU speed is not measured yet, so eager stays the default)
     decode: Literal["eager", "static", "compiled"] = "eager"

@@ -60,6 +60,18 @@ def shard_range(n: int, shard: int, num_shards: int) -> range:
 # sampling
 
 
+def _precision(gen, tok, params: Params, device: torch.device, tokenizer_dtype: torch.dtype):
+    """(sampling dtype, decode function): ``sample.dtype`` and ``tokenizer_dtype`` on a GPU, with the weights cast
+    to them when ``sample.cast_weights`` (the official sampler), else under autocast; float32 on a CPU."""
+    from larp.sample import DTYPES, sampling_precision
+
+    on_gpu = device.type == "cuda"
+    dtype = DTYPES[params.sample.dtype] if on_gpu else torch.float32
+    decode = sampling_precision(gen, tok, dtype, tokenizer_dtype if on_gpu else torch.float32,
+                                cast_weights=params.sample.cast_weights)
+    return dtype, decode
+
+
 def _write_shard(out_dir: Path, videos: np.ndarray, table: pd.DataFrame, mp4s: int, meta: dict) -> None:
     """A sample shard: videos.npy (uint8 n,T,H,W,3), samples.csv (``index`` first), a PNG grid and the first
     ``mp4s`` videos as MP4 for people, and sample.json (provenance). Every file is written atomically."""
@@ -78,7 +90,7 @@ def _write_shard(out_dir: Path, videos: np.ndarray, table: pd.DataFrame, mp4s: i
 def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
                  params: Params, *, progress: bool = True) -> None:
     """Generate shard ``shard`` of the gFVD set: videos.npy (uint8 n,T,H,W,3), samples.csv, previews."""
-    from larp.sample import DTYPES, sample_videos
+    from larp.sample import sample_videos
     from larp.train.generator import load_generator
     from larp.train.tokenizer import load_tokenizer
 
@@ -91,12 +103,7 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
     gen = load_generator(ar_weights, params, device)
     tok = load_tokenizer(tokenizer_weights, params, device)
     s = params.sample
-    dtype = DTYPES[s.dtype] if device.type == "cuda" else torch.float32
-
-    def decode(ids: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            return tok.decode(ids).float()
-
+    dtype, decode = _precision(gen, tok, params, device, torch.float16)  # the official decoder runs in fp16
     res = sample_videos(gen, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
                         top_p=s.top_p, seed=s.seed, batch_size=s.batch_size, device=device, dtype=dtype,
                         progress=progress, decode=s.decode)
@@ -328,15 +335,30 @@ def fp_clips(frames_dir: Path, params: Params) -> pd.DataFrame:
                         seed=params.fvd.clip_seed, split="val")
 
 
+def fp_condition_tokens(tok, clip: torch.Tensor, index: int, params: Params) -> torch.Tensor:
+    """Condition tokens (num_tokens,) of sample ``index`` from its real clip (c, t, h, w): the first
+    ``generator.cond_frames`` frames repeated to the clip length, tokenized in fp32 as the official sampler does.
+    ``sample.fp_condition_svq`` "sampled" draws them by stochastic SVQ, as the official evaluation, from the
+    sample's own stream (the same whatever the shard); "argmax" takes the deterministic ones."""
+    from larp.sample import sample_generators
+    from larp.tokenize import fp_condition
+
+    sampled = params.sample.fp_condition_svq == "sampled"
+    g = sample_generators(params.sample.seed, [index], "fp-condition", clip.device)[0] if sampled else None
+    with torch.no_grad():
+        return tok.quantize(fp_condition(clip[None], params.generator.cond_frames), stochastic=sampled,
+                            generator=g).indices[0]
+
+
 def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
                     params: Params, *, progress: bool = True) -> None:
     """Shard ``shard`` of the FP-FVD set: each sample continues the first ``generator.cond_frames`` frames of
-    its real clip (repeated to 16 frames, tokenized, + SEP); the whole clip is generated (no CFG). Each shard
+    its real clip (repeated to 16 frames, tokenized by :func:`fp_condition_tokens`, + SEP); the whole clip is
+    generated (no CFG), in the precision of ``sample.cast_weights`` (the tokenizer in fp32, as official). Each shard
     generates only its own slice (the official code gave every parallel job the total count)."""
     from larp.config import frame_prediction_params
     from larp.eval.protocols import fp_fvd_shard
-    from larp.sample import DTYPES, sample_videos
-    from larp.tokenize import fp_condition
+    from larp.sample import sample_videos
     from larp.train.generator import load_generator
     from larp.train.tokenizer import load_tokenizer
 
@@ -349,15 +371,12 @@ def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path,
     gen = load_generator(ar_weights, params, device)
     tok = load_tokenizer(tokenizer_weights, params, device)
     reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
-    pairs = []
-    for r in tqdm(part.itertuples(), total=len(part), desc="conditions", disable=not progress):
-        video = reader.read_clip(int(r.row), int(r.start))[None].to(device)
-        with torch.no_grad():  # the official sampler runs the tokenizer in fp32 here
-            cond = tok.encode(fp_condition(video, params.generator.cond_frames))[0]
-        pairs.append((int(r.index), cond))
+    pairs = [(int(r.index), fp_condition_tokens(tok, reader.read_clip(int(r.row), int(r.start)).to(device),
+                                                int(r.index), params))
+             for r in tqdm(part.itertuples(), total=len(part), desc="conditions", disable=not progress)]
     s = params.sample
-    dtype = DTYPES[s.dtype] if device.type == "cuda" else torch.float32
-    res = sample_videos(gen, lambda ids: tok.decode(ids).float(), pairs, cfg_scale=1.0,
+    dtype, decode = _precision(gen, tok, params, device, torch.float32)  # official: the FP tokenizer stays fp32
+    res = sample_videos(gen, decode, pairs, cfg_scale=1.0,
                         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed,
                         batch_size=s.batch_size, device=device, dtype=dtype, progress=progress, decode=s.decode)
     table = pd.DataFrame({"index": part["index"], "video_id": part["video_id"], "start": part["start"],
@@ -383,7 +402,8 @@ def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params:
         "protocol": {"name": "FP-FVD frame prediction", "real_clips": "non-overlapping clips of the held-out videos",
                      "num_clips": params.fvd.fp_num_clips, "seed": params.fvd.clip_seed,
                      "cond_frames": params.generator.cond_frames, "detector_input_resolution": size,
-                     "cfg_scale": 1.0, "temperature": params.sample.temperature},
+                     "cfg_scale": 1.0, "temperature": params.sample.temperature,
+                     "condition_svq": params.sample.fp_condition_svq},
         "nll_sampled": float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean()),
         "checkpoints": shards.inputs, "real_features_cache": cache,
         **_result_common(detector, params, refs, t0),

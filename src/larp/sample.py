@@ -97,15 +97,18 @@ def choose_tokens(logits: Tensor, u: Tensor, *, temperature: float = 1.0, top_k:
     return inverse_cdf(logits.softmax(-1), u)
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """63-bit seed of sample ``index`` in the run seeded ``seed``; hashed, so nearby seeds are unrelated."""
-    digest = hashlib.sha256(f"larp-sample:{seed}:{index}".encode()).digest()
+def sample_seed(seed: int, index: int, stream: str = "") -> int:
+    """63-bit seed of sample ``index`` in the run seeded ``seed``; hashed, so nearby seeds are unrelated.
+    ``stream`` names another random stream of the same sample (e.g. its frame-prediction condition)."""
+    key = f"larp-sample:{seed}:{index}" if not stream else f"larp-sample:{stream}:{seed}:{index}"
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per sample index, seeded by :func:`sample_seed`."""
-    return [torch.Generator().manual_seed(sample_seed(seed, int(i))) for i in indices]
+def sample_generators(seed: int, indices: Sequence[int], stream: str = "",
+                      device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per sample index (on ``device``), seeded by :func:`sample_seed`."""
+    return [torch.Generator(device).manual_seed(sample_seed(seed, int(i), stream)) for i in indices]
 
 
 def draw_uniforms(generator: Randomness, batch: int, n: int, device: torch.device) -> Tensor:
@@ -312,10 +315,32 @@ def _check_pairs(pairs: Sequence[Pair], model: LARPGenerator) -> None:
         seen.add(index)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    if dtype == torch.float32:
+def _autocast(device: torch.device, dtype: torch.dtype, weights: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype``, unless that is float32 or the ``weights`` are already in it (cast weights)."""
+    if dtype == torch.float32 or weights == dtype:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def sampling_precision(model: LARPGenerator, tokenizer: torch.nn.Module, dtype: torch.dtype,
+                       tokenizer_dtype: torch.dtype, *, cast_weights: bool) -> Callable[[Tensor], Tensor]:
+    """Put both models in the precision of sampling; returns the ids -> float video decode function.
+
+    ``cast_weights`` (the official sampler): the AR weights are cast to ``dtype``, so its residual stream, KV
+    cache, logits and the guidance mix all run in it (the softmax in float32), and the tokenizer's weights to
+    ``tokenizer_dtype`` for decoding. Otherwise the weights stay float32 and run under autocast to these dtypes
+    (matmuls in them, norms, logits and the guidance mix in float32). Casting halves the weights' memory.
+    """
+    if cast_weights:
+        model.to(dtype)
+        tokenizer.to(tokenizer_dtype)
+    weights = next(tokenizer.parameters()).dtype
+
+    def decode(ids: Tensor) -> Tensor:
+        with _autocast(ids.device, tokenizer_dtype, weights):
+            return tokenizer.decode(ids).float()
+
+    return decode
 
 
 def _batches(pairs: Sequence[Pair], batch_size: int) -> Iterator[Sequence[Pair]]:
@@ -338,7 +363,8 @@ def iter_sample_batches(model: LARPGenerator, pairs: Sequence[Pair], *, cfg_scal
     """Yield (pairs of the batch, their tokens and NLL) batch by batch; sample i uses generator (seed, i).
 
     ``pairs``: (sample index, label), or with frame prediction (sample index, condition tokens (seq_len,)).
-    ``dtype``: float32, or bfloat16/float16 to run the model under autocast (the KV cache then uses it too).
+    ``dtype``: float32, or bfloat16/float16: the model's weights cast to it (:func:`sampling_precision`), or
+    float32 weights under autocast to it; the KV cache uses it too.
     ``decode``: the decode step of :func:`generate` (eager, static or compiled).
     """
     _check_pairs(pairs, model)
@@ -349,7 +375,7 @@ def iter_sample_batches(model: LARPGenerator, pairs: Sequence[Pair], *, cfg_scal
     for chunk in _batches(pairs, batch_size):
         condition = _conditions(chunk, model, device)
         gens = sample_generators(seed, [i for i, _ in chunk])
-        with _autocast(device, dtype):
+        with _autocast(device, dtype, model.abs_pe.dtype):
             tokens = generate(model, condition, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                               top_p=top_p, generator=gens, cache_dtype=dtype, decode=decode)
             nll = sequence_nll(model, condition, tokens)

@@ -122,6 +122,38 @@ def train_tokenizer(dataset: str, frames: Path | Sequence[Path] | None, out: Pat
     _publish_metrics(run(dirs, Path(out), params), metrics)
 
 
+TRAINING_STAGES = ("train_tokenizer", "train_ar", "train_ar_fp")
+
+
+def schedule(dataset: str, stage: str, params: Params, videos: int | None = None,
+             raw_root: Path = Path("data/raw")) -> dict:
+    """`larp schedule`: the step counts a training stage will run (an epoch = one clip per training video), from
+    ``videos`` or, when it is None, the training videos of each dataset's index ``raw_root/<name>/index.csv``
+    (the tokenizer trains on the data mix ``data.tokenizer_datasets``)."""
+    from larp.config import ParamsError, tokenizer_datasets
+    from larp.data.index import count_training_videos
+    from larp.train.schedule import resolve_schedule
+
+    if stage not in TRAINING_STAGES:
+        raise ParamsError(f"--stage must be one of {TRAINING_STAGES}, got {stage!r}")
+    if videos is not None and videos < 1:
+        raise ParamsError(f"--videos must be >= 1, got {videos}")
+    names = tokenizer_datasets(params, dataset) if stage == "train_tokenizer" else (dataset,)
+    if videos is None:
+        videos = 0
+        for name in names:
+            index = Path(raw_root) / name / "index.csv"
+            if not index.is_file():
+                raise FileNotFoundError(f"{index}: no index of {name!r} to count its training videos; run "
+                                        f"`larp download {name} --out {index.parent}` first, or pass --videos N")
+            videos += count_training_videos(index, params.data.split)
+    train = {"train_tokenizer": params.train_tokenizer, "train_ar": params.train_ar,
+             "train_ar_fp": params.train_ar_fp}[stage]
+    return {"dataset": dataset, "stage": stage, "datasets": list(names), "videos": videos, "epochs": train.epochs,
+            "warmup_epochs": train.warmup_epochs, "max_steps": train.max_steps,
+            **resolve_schedule(videos, train)._asdict()}
+
+
 def _variant(params: Params, fp: bool) -> Params:
     from larp.config import frame_prediction_params
 

@@ -2,7 +2,7 @@
 
 The official AR trainer re-tokenizes a fresh random clip with a random flip at every step. Pre-tokenizing
 approximates that (deviation, README): every clip start offset at ``tokenize.clip_stride`` frames, each with
-and without horizontal flip. Output (``data/tokens/<dataset>/``)::
+and without horizontal flip; an AR epoch then draws one of each video's clips (``larp.train.generator.OneClipPerVideo``). Output (``data/tokens/<dataset>/``)::
 
     tokens-KKKKK.npy   uint16 (clips, num_tokens), written atomically, skipped on a re-run when complete
     cond-KKKKK.npy     frame prediction only (``generator.frame_prediction``): uint16 (clips, num_tokens),
@@ -188,3 +188,4 @@ class TokenDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         cond = self.labels[i] if self.cond_tokens is None else self.cond_tokens[i]
         return cond, self.tokens[i]
+

@@ -228,3 +228,12 @@ def read_index(path: str | Path) -> pd.DataFrame:
     if list(df.columns) != COLUMNS:
         raise ValueError(f"{path}: columns must be {COLUMNS}, got {list(df.columns)}")
     return df
+
+
+def count_training_videos(path: str | Path, split: int) -> int:
+    """Videos of split ``split``'s training list in an index that decode (the frame extractor skips the rest)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such index")
+    df = read_index(path)
+    return int(((df[f"split{split}"] == "train").fillna(False) & df["num_frames"].fillna(0).gt(0)).sum())

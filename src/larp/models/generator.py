@@ -290,7 +290,8 @@ class LARPGenerator(nn.Module):
                              f"got {tokens.shape[1]}")
 
     def _logits(self, h: Tensor) -> Tensor:
-        return self.output(self.norm(h)).float()
+        # in the weights' dtype: float32 (also under autocast), or bf16 when the weights were cast to it
+        return self.output(self.norm(h)).to(self.output.weight.dtype)
 
     def embed_condition(self, condition: Tensor) -> Tensor:
         """Condition -> (b, cond_len, width): the class embedding, or the condition tokens + SEP embedded."""
@@ -304,8 +305,8 @@ class LARPGenerator(nn.Module):
 
         condition: class ids (b,) in [0, num_classes] (num_classes = null class), or frame-prediction
         condition tokens (b, seq_len); tokens: (b, n) fed after the condition, n <= seq_len - 1. Returns
-        float32 logits (b, n + 1, v); row i predicts token i. Training feeds ``tokens[:, :-1]`` of a full
-        sequence, giving (b, seq_len, v) aligned with the targets.
+        logits (b, n + 1, v) in the weights' dtype (float32 unless they were cast); row i predicts token i.
+        Training feeds ``tokens[:, :-1]`` of a full sequence, giving (b, seq_len, v) aligned with the targets.
         """
         self._check_inputs(condition, tokens, self.cfg.seq_len - 1)
         x = torch.cat([self.embed_condition(condition), self.tok_embeddings(tokens)], dim=1)
@@ -357,7 +358,7 @@ class LARPGenerator(nn.Module):
         """Start a generation: the condition (``cond_len`` positions), then ``tokens`` (b, n) if given, go
         into the cache.
 
-        Returns float32 logits (b, v) predicting token n (token 0 without a prefix).
+        Returns logits (b, v) predicting token n (token 0 without a prefix), in the weights' dtype.
         """
         if self.cache is None:
             raise RuntimeError("prefill: no KV cache installed; call setup_cache(batch_size) first")

@@ -173,7 +173,8 @@ class LARPTokenizer(nn.Module):
 
     def decode_codes(self, codes: Tensor) -> Tensor:
         """Quantised unit codes (b, n, d) -> reconstruction (b, c, t, h, w)."""
-        x = self.bottleneck.out_linear(codes) + self.decoder_latent_pe
+        out_linear = self.bottleneck.out_linear  # codes are float32 (the SVQ's); weights may be cast (fp16 decoding)
+        x = out_linear(codes.to(out_linear.weight.dtype)) + self.decoder_latent_pe
         queries = self.decoder_patch_query_embed + self.decoder_patch_query_token_type_embed
         out = self.final_layer(self.decoder.forward_parallel(x, queries.expand(x.shape[0], -1, -1)))
         gt, gh, gw = self.grid

@@ -4,7 +4,8 @@ Class-conditional: sequence = [class embedding, z_0 .. z_1022] -> logits for z_0
 mean). Frame prediction (``generator.frame_prediction``): sequence = [1024 condition tokens, SEP, z_0 .. z_1022]
 -> the same 1024 logits/targets; the batch is (condition tokens, clip tokens). AdamW (0.9, 0.95), weight decay
 on Linear weights only, cosine schedule with warm-up, bf16 autocast on GPU; class-label dropout (-> null
-class) and token dropout inside the model. Trains on the pre-tokenized clips of `larp tokenize`.
+class) and token dropout inside the model. Trains on the pre-tokenized clips of `larp tokenize`; an epoch is one
+clip per training video, drawn from that video's clips (as the official epoch: one random clip per video).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +27,33 @@ from larp.train.checkpoint import load_weights
 from larp.train.loop import Phase, StepContext, StepLoss, train
 from larp.visualize import grid_png, to_uint8
 
+if TYPE_CHECKING:
+    from larp.tokenize import TokenDataset
+
 METRICS = ("top1", "top5")
+
+
+class OneClipPerVideo(torch.utils.data.Dataset):
+    """The AR training epoch: item v is video v, as one of its pre-tokenized clips (start offset and flip)
+    drawn uniformly each time it is loaded; the official trainer likewise visits every training video once per
+    epoch with a fresh random clip and flip. So an epoch is (videos / global batch) steps, and a long video
+    weighs as much as a short one. The draw uses the global torch generator, which the training loop seeds per
+    (seed, epoch, item): the same clip after a resume, whatever the DataLoader workers.
+    """
+
+    def __init__(self, clips: TokenDataset) -> None:
+        self.clips = clips
+        rows = clips.clips["video_row"].to_numpy()
+        order = np.argsort(rows, kind="stable")  # clip indices grouped by video, in clips.csv order
+        self.video_rows, first, count = np.unique(rows[order], return_index=True, return_counts=True)
+        self.order, self.first, self.count = order.tolist(), first.tolist(), count.tolist()
+
+    def __len__(self) -> int:
+        return len(self.video_rows)
+
+    def __getitem__(self, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = int(torch.randint(self.count[v], ()))
+        return self.clips[self.order[self.first[v] + k]]
 
 
 class GeneratorTask:
@@ -86,6 +115,7 @@ def run_key(params: Params, tokens_dir: Path) -> str:
     if not params.generator.frame_prediction:  # class-conditional runs keep the keys they had before the FP fields
         for key in ("frame_prediction", "cond_frames"):
             relevant["generator"].pop(key)
+    relevant["epoch"] = "one clip per video"  # runs from when an epoch was every clip start a new run directory
     blob = json.dumps(relevant, sort_keys=True) + sha256_file(Path(tokens_dir) / "clips.csv")
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -117,8 +147,8 @@ def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, toke
     run_dir = Path(run_root or weights_out.parent / "runs") / f"ar-{run_key(params, tokens_dir)}"
     # frame prediction: periodic samples continue the first clips of the data (fixed, so comparable over time)
     conditions = dataset.cond_tokens[:8].clone() if fp else None
-    train(lambda dev: GeneratorTask(params, decode, conditions), dataset, params.train_ar, run_dir, weights_out,
-          device=device, progress=progress)
+    train(lambda dev: GeneratorTask(params, decode, conditions), OneClipPerVideo(dataset), params.train_ar, run_dir,
+          weights_out, device=device, progress=progress)
     atomic_write_json(run_dir / "done.json", {"weights": str(weights_out), "sha256": sha256_file(weights_out)})
     return run_dir
 

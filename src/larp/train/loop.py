@@ -86,7 +86,7 @@ from larp.train.checkpoint import (
 from larp.train.csvlog import MetricsCSV
 from larp.train.distributed import DistEnv, all_reduce_mean, any_rank, setup_distributed, teardown_distributed
 from larp.train.sampler import micro_batches
-from larp.train.schedule import lr_multiplier
+from larp.train.schedule import lr_multiplier, resolve_schedule
 
 
 
@@ -291,13 +291,7 @@ class _Trainer:
             )
         self.accum = params.global_batch // per_step
         self.num_items = len(dataset)  # type: ignore[arg-type]
-        self.steps_per_epoch = self.num_items // params.global_batch
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"dataset has {self.num_items} items, fewer than train.global_batch ({params.global_batch})"
-            )
-        self.total_steps = params.max_steps or params.epochs * self.steps_per_epoch
-        self.warmup_steps = round(params.warmup_epochs * self.steps_per_epoch)
+        self.steps_per_epoch, self.total_steps, self.warmup_steps, _ = resolve_schedule(self.num_items, params)
 
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True

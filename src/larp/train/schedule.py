@@ -1,8 +1,13 @@
-"""Learning-rate schedule: per-step cosine with a linear warm-up and a floor (LARP_SPEC 3.3, 4.2)."""
+"""Learning-rate schedule: per-step cosine with a linear warm-up and a floor (LARP_SPEC 3.3, 4.2), and the step
+counts it runs over."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from larp.config import TrainParams
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_mult: float) -> float:
@@ -25,3 +30,26 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_mult: floa
         return m
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     return m + (1.0 - m) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Schedule(NamedTuple):
+    """The step counts of one training run, resolved from its epoch size."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    global_batch: int
+
+
+def resolve_schedule(items_per_epoch: int, train: TrainParams) -> Schedule:
+    """Steps per epoch (items // global batch: the incomplete last batch is dropped), total steps (epochs x that,
+    or ``max_steps``) and warm-up steps (``warmup_epochs`` x steps per epoch, rounded) of a run whose epoch visits
+    ``items_per_epoch`` items: videos for both trainers, as the official ones count an epoch."""
+    steps_per_epoch = items_per_epoch // train.global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"an epoch has {items_per_epoch} items, fewer than train.global_batch "
+                         f"({train.global_batch})")
+    return Schedule(steps_per_epoch=steps_per_epoch,
+                    total_steps=train.max_steps or train.epochs * steps_per_epoch,
+                    warmup_steps=round(train.warmup_epochs * steps_per_epoch),
+                    global_batch=train.global_batch)

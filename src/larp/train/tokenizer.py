@@ -29,6 +29,7 @@ from larp.models.discriminator import TransformerDiscriminator
 from larp.models.tokenizer import LARPTokenizer
 from larp.train.checkpoint import load_weights
 from larp.train.loop import Phase, StepContext, StepLoss, train
+from larp.train.schedule import resolve_schedule
 from larp.visualize import grid_png, to_uint8, write_mp4
 
 METRICS = ("l1", "perceptual", "gan", "vq", "prior", "psnr", "code_usage", "code_perplexity", "prior_top1",
@@ -169,7 +170,7 @@ def train_tokenizer(frames: Path | Sequence[Path], weights_out: Path, params: Pa
     dirs, weights_out = _as_dirs(frames), Path(weights_out)
     t = params.train_tokenizer
     dataset = training_clips(dirs, params)
-    steps = t.max_steps or t.epochs * (len(dataset) // t.global_batch)
+    steps = resolve_schedule(len(dataset), t).total_steps  # (the prior's scheduled sampling needs it)
     preview = preview_clips(dirs[0], params)
     run_dir = Path(run_root or weights_out.parent / "runs") / f"tokenizer-{run_key(params, dirs)}"
     train(lambda dev: TokenizerTask(params, steps, preview), dataset, t, run_dir, weights_out, device=device,
