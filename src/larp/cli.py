@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from larp.config import DATASETS, ParamsError, read_params_file
+from larp.launch import LaunchError
 
 
 def _common(p: argparse.ArgumentParser, dataset_positional: bool = False) -> None:
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     _limit_threads(args.command, params, fp=getattr(args, "fp", False))
     try:
         return _run(args, pf, dataset, params)
-    except (ParamsError, FileNotFoundError) as e:  # missing inputs, data that contradicts the parameters
+    except (ParamsError, FileNotFoundError, LaunchError) as e:  # missing inputs, data against the parameters
         print(f"larp {args.command}: {e}", file=sys.stderr)
         return 2
 
