@@ -25,6 +25,7 @@ from micro import MICRO, make_frames
 from safetensors.torch import load_file
 
 from larp.cli import main
+from larp.launch import LaunchError, srun_command, torchrun_args
 from larp.train.checkpoint import list_checkpoints
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -39,6 +40,76 @@ DETERMINISTIC = {
     "train_ar": {"max_steps": STEPS_AR, "global_batch": 8, "micro_batch": 4, "amp": "none", "log_every": 1,
                  "checkpoint_every": 2, "sample_every": None},
 }
+
+
+# ---- what each process of a job runs (no processes started) ----
+
+
+@pytest.fixture
+def scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in `scontrol show hostnames` on PATH that knows the node list gpu[07-08]."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "scontrol"
+    script.write_text('#!/bin/sh\n[ "$1 $2" = "show hostnames" ] || exit 2\n'
+                      'case "$3" in "gpu[07-08]") printf "gpu07\\ngpu08\\n" ;; *) echo "$3" ;; esac\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return script
+
+
+def test_a_multi_node_slurm_job_starts_one_launcher_per_node(scontrol: Path) -> None:
+    argv = ["train-ar", "--dataset", "ucf101"]
+    cmd = srun_command(argv, {"SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "123456"})
+    assert cmd == ["env", "LARP_NNODES=2", "LARP_RDZV_ID=slurm-123456", "LARP_RDZV_ENDPOINT=gpu07:23456", "srun",
+                   "--nodes=2", "--ntasks-per-node=1", "--overlap", "--kill-on-bad-exit=1", sys.executable, "-m",
+                   "larp.cli", *argv]
+    env = {"SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "7", "LARP_RDZV_ENDPOINT": "10.0.0.7:4000"}
+    assert "LARP_RDZV_ENDPOINT=10.0.0.7:4000" in srun_command(argv, env)
+    assert srun_command(argv, {"SLURM_JOB_NODELIST": "gpu07", "SLURM_JOB_ID": "7"}) is None  # one node
+    assert srun_command(argv, {}) is None  # no SLURM
+    # the launcher srun started on each node: torchrun's agent joins the rendezvous on the first node
+    node = {"SLURM_JOB_NODELIST": "gpu[07-08]", "LARP_NNODES": "2", "LARP_RDZV_ID": "slurm-7",
+            "LARP_RDZV_ENDPOINT": "gpu07:20007"}
+    assert srun_command(argv, node) is None
+    assert torchrun_args(node, gpus=8) == ["--nproc-per-node=8", "--nnodes=2", "--rdzv-backend=c10d",
+                                           "--rdzv-endpoint=gpu07:20007", "--rdzv-id=slurm-7"]
+
+
+def test_torchrun_options_of_one_node() -> None:
+    assert torchrun_args({}, gpus=0) is None and torchrun_args({}, gpus=1) is None  # one process does the work
+    assert torchrun_args({}, gpus=8) == ["--nproc-per-node=8", "--standalone"]
+    assert torchrun_args({"LARP_NPROC_PER_NODE": "2"}, gpus=0) == ["--nproc-per-node=2", "--standalone"]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LARP_NNODES": "2"}, "needs LARP_RDZV_ENDPOINT"),
+    ({"LARP_NNODES": "two"}, "LARP_NNODES must be an integer"),
+    ({"LARP_NPROC_PER_NODE": "0"}, "LARP_NPROC_PER_NODE must be >= 1"),
+])
+def test_bad_launch_variables_are_one_clear_line(env: dict, message: str) -> None:
+    with pytest.raises(LaunchError, match=message):
+        torchrun_args(env, gpus=0)
+
+
+def test_an_unexpandable_node_list_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol
+    with pytest.raises(LaunchError, match=r"SLURM_JOB_NODELIST='gpu\[07-08\]'.*scontrol show hostnames"):
+        srun_command(["train-ar"], {"SLURM_JOB_NODELIST": "gpu[07-08]"})
+
+
+def test_the_cli_reports_a_bad_launch_variable_in_one_line(monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.setenv("LARP_NNODES", "2")
+    monkeypatch.delenv("LARP_RDZV_ENDPOINT", raising=False)
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    rc = main(["train-ar", "--params", str(params), "--dataset", "embedded", "--tokens", str(tmp_path),
+               "--tokenizer", str(tmp_path / "t.safetensors"), "--out", str(tmp_path / "ar.safetensors"),
+               "--metrics", str(tmp_path / "m.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("larp train-ar: LARP_NNODES=2 needs LARP_RDZV_ENDPOINT") and "Traceback" not in err
+
+
+# ---- two local nodes ----
 
 
 @pytest.fixture(scope="module")
