@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -107,6 +108,19 @@ def test_the_cli_reports_a_bad_launch_variable_in_one_line(monkeypatch, tmp_path
                "--metrics", str(tmp_path / "m.csv")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("larp train-ar: LARP_NNODES=2 needs LARP_RDZV_ENDPOINT") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("stage, values, message", [
+    ("train_ar", {"nodes": 0}, "resources.train_ar.nodes: must be >= 1"),
+    ("sample", {"nodes": 2}, "resources.sample.nodes: must be 1: only train_tokenizer, tokenize"),
+    ("tokenize", {"nodes": 2, "gpus": 0}, "resources.tokenize.nodes: several nodes need gpus >= 1"),
+])
+def test_nodes_are_checked(stage: str, values: dict, message: str) -> None:
+    from larp.config import ParamsError, apply_overrides, preset
+
+    assert apply_overrides(preset("paper"), {"resources": {"train_ar": {"nodes": 4}}}).resources.train_ar.nodes == 4
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        apply_overrides(preset("paper"), {"resources": {stage: values}})
 
 
 # ---- two local nodes ----

@@ -98,10 +98,10 @@ def train_tokenizer(dataset: str, frames: Path | Sequence[Path] | None, out: Pat
                     frames_root: Path | None = None) -> None:
     """`larp train-tokenizer`: LARP tokenizer + discriminator (+ prior) on the training videos of every dataset
     of ``data.tokenizer_datasets`` (see :func:`tokenizer_frames`)."""
-    from larp.train.tokenizer import train_tokenizer as run
-
     dirs = tokenizer_frames(dataset, params, frames, frames_root)  # fails before torchrun starts the ranks
     relaunch_distributed()
+    from larp.train.tokenizer import train_tokenizer as run
+
     _publish_metrics(run(dirs, Path(out), params), metrics)
 
 
@@ -114,18 +114,18 @@ def _variant(params: Params, fp: bool) -> Params:
 def tokenize(dataset: str, frames: Path, tokenizer: Path, out: Path, params: Params, fp: bool = False) -> None:
     """`larp tokenize`: token ids of every training clip (all offsets at clip_stride, both flips); with
     ``fp`` also the condition tokens of frame prediction. Data-parallel over every GPU of the allocation."""
+    relaunch_distributed()  # ranks split the shards; the last one to finish writes clips.csv
     from larp.tokenize import tokenize_dataset
 
-    relaunch_distributed()  # ranks split the shards; the last one to finish writes clips.csv
     tokenize_dataset(Path(frames), Path(tokenizer), Path(out), _variant(params, fp))
 
 
 def train_ar(dataset: str, tokens: Path, tokenizer: Path, out: Path, metrics: Path, params: Params,
              fp: bool = False) -> None:
     """`larp train-ar`: the class-conditional (or, with ``fp``, frame-prediction) AR generator."""
+    relaunch_distributed()
     from larp.train.generator import train_generator
 
-    relaunch_distributed()
     run_dir = train_generator(Path(tokens), Path(out), _variant(params, fp), tokenizer_weights=Path(tokenizer))
     _publish_metrics(run_dir, metrics)
 
