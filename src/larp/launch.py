@@ -36,7 +36,8 @@ class LaunchError(RuntimeError):
     pass
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int = 1) -> int:
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    """A positive integer from the environment, or ``default``."""
     value = env.get(name)
     if value is None or value == "":
         return default
@@ -44,8 +45,8 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 1) -> int:
         n = int(value)
     except ValueError:
         raise LaunchError(f"environment variable {name} must be an integer, got {value!r}") from None
-    if n < low:
-        raise LaunchError(f"environment variable {name} must be >= {low}, got {n}")
+    if n < 1:
+        raise LaunchError(f"environment variable {name} must be >= 1, got {n}")
     return n
 
 
@@ -65,7 +66,7 @@ def slurm_hostnames(nodelist: str) -> list[str]:
 def torchrun_args(env: Mapping[str, str], gpus: int) -> list[str] | None:
     """torchrun's options for this node's agent, or None: one process does the work (no torchrun).
 
-    ``gpus``: the GPUs this node sees. Pure apart from `scontrol` for a SLURM node list."""
+    ``gpus``: the GPUs this node sees."""
     nproc = _int(env, "LARP_NPROC_PER_NODE", max(gpus, 1))
     nodes = _int(env, "LARP_NNODES", 1)
     if nodes == 1:
@@ -86,7 +87,7 @@ def srun_command(argv: Sequence[str], env: Mapping[str, str]) -> list[str] | Non
     if len(hosts) == 1:
         return None
     job = env.get("SLURM_JOB_ID", "0")
-    port = _int(env, "LARP_RDZV_PORT", 20000 + _int({"SLURM_JOB_ID": job}, "SLURM_JOB_ID", 0, low=0) % 20000)
+    port = _int(env, "LARP_RDZV_PORT", 20000 + (int(job) if job.isdigit() else 0) % 20000)
     rendezvous = {"LARP_NNODES": str(len(hosts)), "LARP_RDZV_ID": f"slurm-{job}",
                   "LARP_RDZV_ENDPOINT": env.get("LARP_RDZV_ENDPOINT") or f"{hosts[0]}:{port}"}
     # --overlap: the step that started us (Snakemake's jobstep) holds the first node's CPUs and GPUs;
