@@ -172,3 +172,35 @@ def test_every_trainer_rule_gets_the_preemption_warning():
     extra = yaml.safe_load(PROFILE.read_text())["set-resources"]
     assert {r: "--signal=USR1@600" in str(extra.get(r, {}).get("slurm_extra")) for r in trainers} == {
         r: True for r in trainers}
+
+
+class _Resources(dict):
+    """A planned job's resources as the slurm plugin reads them (``.get`` and attributes)."""
+
+    __getattr__ = dict.__getitem__
+
+
+def test_a_multi_node_stage_asks_slurm_for_its_nodes_and_gpus_per_node(tmp_path):
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm_jobstep import get_gpu_setting
+
+    repo = copy_workflow(tmp_path / "repo")
+    cfg = yaml.safe_load((repo / "params.yaml").read_text())
+    cfg["resources"] = {"train_tokenizer": {"nodes": 2}, "train_ar": {"nodes": 3}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    jobs = {j.rule: j for j in plan(repo, "results/fvd_ucf101.json") if j.wildcards.get("dataset") == "ucf101"}
+    resources_of = load_params(repo / "params.yaml", dataset="ucf101").resources
+    for rule, nodes in (("train_tokenizer", 2), ("train_ar", 3), ("tokenize", 1)):
+        job, stage = jobs[rule], getattr(resources_of, rule)
+        assert stage.nodes == nodes
+        resources = _Resources({k: int(v) if v.isdigit() else v for k, v in job.resources.items()})
+        fake = type("Job", (), {"resources": resources, "threads": 4})()
+        sbatch = get_submit_command(fake, {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "",
+                                           "partition": "", "workdir": "."}) + set_gres_string(fake)
+        assert f"--nodes={nodes}" in sbatch.split(), (rule, sbatch)
+        if nodes > 1:  # --gres counts per node; --gpus would count for the whole job
+            assert f"--gres=gpu:{stage.gpus}" in sbatch.split() and "--gpus" not in sbatch, sbatch
+            assert get_gpu_setting(fake) == ""  # the jobstep's srun gets the job's GPUs of its node too
+        else:
+            assert f"--gpus={stage.gpus}" in sbatch.split() and "--gres" not in sbatch, sbatch

@@ -1,4 +1,4 @@
-"""Stage entry points: multi-GPU training commands relaunch themselves under torchrun."""
+"""Stage entry points: multi-GPU stage commands start torchrun themselves (larp.launch)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from larp import stages
+from larp import launch, stages
 
 
 class Exec(Exception):
-    """Stands in for os.execvp, which would replace the test process."""
+    """Stands in for os.execvp / the torchrun agent, which would replace or take over the test process."""
 
 
 def _fake_gpus(monkeypatch, n: int) -> list:
@@ -19,29 +19,30 @@ def _fake_gpus(monkeypatch, n: int) -> list:
     monkeypatch.setattr("torch.cuda.is_available", lambda: n > 0)
     monkeypatch.setattr("torch.cuda.device_count", lambda: n)
 
-    def execvp(file, args):
+    def agent(args):
         calls.append(args)
         raise Exec
 
-    monkeypatch.setattr(os, "execvp", execvp)
+    monkeypatch.setattr(launch, "run_agent", agent)
     monkeypatch.setattr("sys.argv", ["larp", "train-ar", "--dataset", "ucf101", "--out", "x.safetensors"])
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for name in ("LOCAL_RANK", "LARP_NNODES", "LARP_NPROC_PER_NODE", "SLURM_JOB_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
     return calls
 
 
-def test_several_gpus_relaunch_under_torchrun(monkeypatch):
+def test_several_gpus_start_torchrun_standalone(monkeypatch):
     calls = _fake_gpus(monkeypatch, 4)
     with pytest.raises(Exec):
-        stages._launch_torchrun_if_multi_gpu()
-    assert calls == [["torchrun", "--standalone", "--nproc-per-node=4", "-m", "larp.cli", "train-ar", "--dataset",
-                      "ucf101", "--out", "x.safetensors"]]
+        launch.relaunch_distributed()
+    assert calls == [["--nproc-per-node=4", "--standalone", "-m", "larp.cli", "train-ar", "--dataset", "ucf101",
+                      "--out", "x.safetensors"]]
 
 
 def test_tokenize_relaunches_over_the_allocation_before_any_work(monkeypatch, tmp_path):
     calls = _fake_gpus(monkeypatch, 2)
     with pytest.raises(Exec):  # the frames do not exist: nothing was read before the relaunch
         stages.tokenize("ucf101", tmp_path / "none", tmp_path / "t.safetensors", tmp_path / "tokens", None)
-    assert calls and calls[0][:3] == ["torchrun", "--standalone", "--nproc-per-node=2"]
+    assert calls and calls[0][:2] == ["--nproc-per-node=2", "--standalone"]
 
 
 @pytest.mark.parametrize("gpus, local_rank", [(1, None), (0, None), (4, "0")])
@@ -49,7 +50,7 @@ def test_no_relaunch_with_one_gpu_or_inside_torchrun(monkeypatch, gpus, local_ra
     calls = _fake_gpus(monkeypatch, gpus)
     if local_rank is not None:
         monkeypatch.setenv("LOCAL_RANK", local_rank)
-    stages._launch_torchrun_if_multi_gpu()
+    launch.relaunch_distributed()
     assert calls == []
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from larp.config import DATASETS, ParamsError, read_params_file
+from larp.launch import LaunchError
 from larp.preemption import exit_on_preemption
 
 
@@ -181,7 +182,7 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     from larp.convert import ConversionError
     from larp.train.checkpoint import CheckpointError
 
-    return ParamsError, FileNotFoundError, CheckpointError, ConversionError
+    return ParamsError, FileNotFoundError, CheckpointError, ConversionError, LaunchError
 
 
 def _run(args: argparse.Namespace, pf, dataset: str | None, params) -> int:

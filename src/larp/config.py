@@ -428,16 +428,22 @@ class FVDParams:
 
 @dataclass
 class StageResources:
-    gpus: int = 0
+    gpus: int = 0  # per node; cpus and mem_mb too
     cpus: int = 2
     mem_mb: int = 8000
     runtime: int = 60  # minutes
+    nodes: int = 1  # > 1: one torchrun agent per node, c10d rendezvous (larp.launch); GPU stages only
 
     def validate(self, key: str = "resources") -> None:
         _check(self.gpus >= 0, f"{key}.gpus", "must be >= 0")
+        _check(self.nodes >= 1, f"{key}.nodes", "must be >= 1")
+        _check(self.nodes == 1 or self.gpus >= 1, f"{key}.nodes", "several nodes need gpus >= 1 (per node)")
         _check(self.cpus >= 1, f"{key}.cpus", "must be >= 1")
         _check(self.mem_mb >= 100, f"{key}.mem_mb", "must be >= 100")
         _check(self.runtime >= 1, f"{key}.runtime", "must be >= 1")
+
+
+MULTI_NODE_STAGES = ("train_tokenizer", "tokenize", "train_ar", "train_ar_fp")  # they start torchrun (larp.launch)
 
 
 @dataclass
@@ -461,6 +467,8 @@ class ResourcesParams:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f"resources.{f.name}")
+            _check(getattr(self, f.name).nodes == 1 or f.name in MULTI_NODE_STAGES, f"resources.{f.name}.nodes",
+                   f"must be 1: only {', '.join(MULTI_NODE_STAGES)} run across nodes")
 
 
 # --------------------------------------------------------------------------------------------------

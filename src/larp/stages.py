@@ -11,6 +11,7 @@ from pathlib import Path
 
 from larp.config import Params
 from larp.files import atomic_write_json
+from larp.launch import relaunch_distributed
 from larp.provenance import provenance
 
 
@@ -50,24 +51,6 @@ def extract(dataset: str, raw: Path, out: Path, params: Params) -> None:
     extract_dataset(Path(raw), Path(out), size=params.data.size, shard_videos=params.data.shard_videos,
                     workers=params.data.workers, frame_format=storage.frame_format,
                     jpeg_quality=storage.jpeg_quality, max_pixels=storage.max_pixels)
-
-
-def _launch_torchrun_if_multi_gpu() -> None:
-    """Re-run this command under torchrun over every GPU of the allocation (one process per GPU).
-
-    Snakemake and DVC call the same `larp train-*` command; on a node with several visible GPUs (SLURM sets
-    CUDA_VISIBLE_DEVICES to the granted ones) it replaces itself with torchrun, which starts the DDP ranks.
-    """
-    import os
-    import sys
-
-    import torch
-
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if n > 1 and "LOCAL_RANK" not in os.environ:
-        cmd = ["torchrun", "--standalone", f"--nproc-per-node={n}", "-m", "larp.cli", *sys.argv[1:]]
-        print("launching:", " ".join(cmd), flush=True)
-        os.execvp(cmd[0], cmd)
 
 
 def _publish_metrics(run_dir: Path, metrics: Path) -> None:
@@ -115,10 +98,10 @@ def train_tokenizer(dataset: str, frames: Path | Sequence[Path] | None, out: Pat
                     frames_root: Path | None = None) -> None:
     """`larp train-tokenizer`: LARP tokenizer + discriminator (+ prior) on the training videos of every dataset
     of ``data.tokenizer_datasets`` (see :func:`tokenizer_frames`)."""
+    dirs = tokenizer_frames(dataset, params, frames, frames_root)  # fails before torchrun starts the ranks
+    relaunch_distributed()
     from larp.train.tokenizer import train_tokenizer as run
 
-    dirs = tokenizer_frames(dataset, params, frames, frames_root)  # fails before torchrun starts the ranks
-    _launch_torchrun_if_multi_gpu()
     _publish_metrics(run(dirs, Path(out), params), metrics)
 
 
@@ -163,18 +146,18 @@ def _variant(params: Params, fp: bool) -> Params:
 def tokenize(dataset: str, frames: Path, tokenizer: Path, out: Path, params: Params, fp: bool = False) -> None:
     """`larp tokenize`: token ids of every training clip (all offsets at clip_stride, both flips); with
     ``fp`` also the condition tokens of frame prediction. Data-parallel over every GPU of the allocation."""
+    relaunch_distributed()  # ranks split the shards; the last one to finish writes clips.csv
     from larp.tokenize import tokenize_dataset
 
-    _launch_torchrun_if_multi_gpu()  # ranks split the shards; the last one to finish writes clips.csv
     tokenize_dataset(Path(frames), Path(tokenizer), Path(out), _variant(params, fp))
 
 
 def train_ar(dataset: str, tokens: Path, tokenizer: Path, out: Path, metrics: Path, params: Params,
              fp: bool = False) -> None:
     """`larp train-ar`: the class-conditional (or, with ``fp``, frame-prediction) AR generator."""
+    relaunch_distributed()
     from larp.train.generator import train_generator
 
-    _launch_torchrun_if_multi_gpu()
     run_dir = train_generator(Path(tokens), Path(out), _variant(params, fp), tokenizer_weights=Path(tokenizer))
     _publish_metrics(run_dir, metrics)
 

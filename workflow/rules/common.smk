@@ -35,12 +35,25 @@ def tracked(*keys):
 
 
 def stage_resources(stage):
-    """SLURM resources of a stage from the dataset's preset (params.yaml `resources`)."""
+    """SLURM resources of a stage from the dataset's preset (params.yaml `resources`).
+
+    The slurm plugin's `gpu` becomes sbatch --gpus, a count for the whole job; a job over several `nodes`
+    asks for its GPUs per node instead (`gres`: --gres=gpu:N is per node), as SLURM gives them.
+    """
 
     def get(name):
         return lambda wildcards: getattr(getattr(resolved(wildcards.dataset).resources, stage), name)
 
-    return dict(gpu=get("gpus"), mem_mb=get("mem_mb"), runtime=get("runtime"))
+    def one_node(wildcards):
+        return getattr(resolved(wildcards.dataset).resources, stage).nodes == 1
+
+    return dict(
+        gpu=lambda wildcards: get("gpus")(wildcards) if one_node(wildcards) else 0,
+        gres=lambda wildcards: "" if one_node(wildcards) else f"gpu:{get('gpus')(wildcards)}",
+        nodes=get("nodes"),
+        mem_mb=get("mem_mb"),
+        runtime=get("runtime"),
+    )
 
 
 def stage_threads(stage):
