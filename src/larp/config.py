@@ -404,7 +404,7 @@ class SampleParams:
 
 @dataclass
 class FVDParams:
-    detector: Literal["i3d-torchscript", "i3d-pretrained-400", "i3d-random"] = "i3d-torchscript"
+    detector: Literal["i3d-torchscript", "i3d-kinetics400", "i3d-pretrained-400", "i3d-random"] = "i3d-torchscript"
     num_clips: int = 10000  # gFVD: real clips drawn (and generated videos)
     clip_seed: int = 42  # random.Random(42) selection of the real clips
     frames: int = 16
@@ -577,7 +577,7 @@ def _tiny() -> Params:
             global_batch=16, micro_batch=16, amp="bf16", compile=False, seed=66667, num_workers=0,
             checkpoint_every=100, log_every=10, sample_every=100),
         sample=SampleParams(cfg_scale=1.25, batch_size=16, shards=(0, 1), dtype="fp32"),
-        fvd=FVDParams(detector="i3d-random", num_clips=40, rfvd_max_videos=None, bootstrap=20, batch_size=8,
+        fvd=FVDParams(detector="i3d-kinetics400", num_clips=40, rfvd_max_videos=None, bootstrap=20, batch_size=8,
                       lpips=False, fp_num_clips=12, fp_resolution=64),
         resources=ResourcesParams(**{
             name: StageResources(

