@@ -345,5 +345,5 @@ def test_cli_imports_the_fp_generator_and_names_a_wrong_kind(tmp_path, capsys):
     assert main([*argv, "--kind", "ar-fp"]) == 0
     assert "loaded strictly into our ar-fp model" in capsys.readouterr().out
     assert load_generator(out, frame_prediction_params(TINY)).cfg.frame_prediction
-    assert main([*argv, "--kind", "ar"]) == 1
+    assert main([*argv, "--kind", "ar"]) == 2  # a bad input: one line, exit 2
     assert "is it --kind ar-fp" in capsys.readouterr().err

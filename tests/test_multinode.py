@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 from micro import MICRO, make_frames
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from larp.cli import main
 from larp.launch import LaunchError, srun_command, torchrun_args
@@ -103,6 +103,7 @@ def test_the_cli_reports_a_bad_launch_variable_in_one_line(monkeypatch, tmp_path
     monkeypatch.setenv("LARP_NNODES", "2")
     monkeypatch.delenv("LARP_RDZV_ENDPOINT", raising=False)
     params = Path(__file__).resolve().parents[1] / "params.yaml"
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "t.safetensors"))  # a well-formed weights file: the launch fails first
     rc = main(["train-ar", "--params", str(params), "--dataset", "embedded", "--tokens", str(tmp_path),
                "--tokenizer", str(tmp_path / "t.safetensors"), "--out", str(tmp_path / "ar.safetensors"),
                "--metrics", str(tmp_path / "m.csv")])
