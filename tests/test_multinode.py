@@ -213,7 +213,7 @@ def test_two_node_tokenizer_equals_one_process(data: dict) -> None:
     assert len(read_csv(out / "metrics.csv")) == 4
 
 
-@pytest.mark.slow  # two two-node launches: ~95 s on the shared 2-core machine
+@pytest.mark.slow  # two two-node launches: 95-135 s on the shared 2-core machine
 def test_preempted_two_node_ar_job_resumes_and_equals_one_process(data: dict, tmp_path: Path) -> None:
     one, cut = tmp_path / "one", tmp_path / "cut"
     assert main(ar_args(data, one)) == 0
