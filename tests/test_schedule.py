@@ -132,3 +132,14 @@ def test_an_epoch_visits_every_video_once(token_dir: Path) -> None:
                             start_step=1)
     assert torch.equal(next(batches)[1], next(resumed)[1])  # step 1 is the same whether resumed or not
     batches.close(), resumed.close()
+
+
+def test_fewer_videos_than_a_global_batch_is_a_clear_error(token_dir: Path, tmp_path: Path) -> None:
+    from micro import micro_params
+
+    from larp.config import ParamsError
+    from larp.train.generator import train_generator
+
+    params = micro_params({"train_ar": {"global_batch": 8, "micro_batch": 8}})
+    with pytest.raises(ParamsError, match="5 training videos, fewer than the AR global batch"):
+        train_generator(token_dir, tmp_path / "ar.safetensors", params, progress=False)

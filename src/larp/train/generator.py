@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from larp.config import Params
+from larp.config import Params, ParamsError
 from larp.files import atomic_write_json, sha256_file
 from larp.models.generator import LARPGenerator
 from larp.train.checkpoint import load_weights
@@ -144,11 +144,16 @@ def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, toke
         def decode(ids: torch.Tensor) -> torch.Tensor:
             return tok.to(ids.device).decode(ids)
 
+    videos = OneClipPerVideo(dataset)
+    if len(videos) < params.train_ar.global_batch:
+        raise ParamsError(f"{tokens_dir}: {len(videos)} training videos, fewer than the AR global batch "
+                          f"({params.train_ar.global_batch}, train_ar[_fp].global_batch): an epoch is one clip "
+                          f"per video")
     run_dir = Path(run_root or weights_out.parent / "runs") / f"ar-{run_key(params, tokens_dir)}"
     # frame prediction: periodic samples continue the first clips of the data (fixed, so comparable over time)
     conditions = dataset.cond_tokens[:8].clone() if fp else None
-    train(lambda dev: GeneratorTask(params, decode, conditions), OneClipPerVideo(dataset), params.train_ar, run_dir,
-          weights_out, device=device, progress=progress)
+    train(lambda dev: GeneratorTask(params, decode, conditions), videos, params.train_ar, run_dir, weights_out,
+          device=device, progress=progress)
     atomic_write_json(run_dir / "done.json", {"weights": str(weights_out), "sha256": sha256_file(weights_out)})
     return run_dir
 
