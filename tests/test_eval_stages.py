@@ -23,7 +23,7 @@ from larp import evaluate
 from larp.config import Params, ParamsError, apply_overrides
 from larp.data.clips import ClipDataset
 from larp.data.frames import FrameStore
-from larp.eval.metrics import psnr_per_video
+from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video
 from larp.eval.protocols import clips_hash, rfvd_clips
 from larp.evaluate import gfvd, gfvd_clips, rfvd, sample_shard
 from larp.files import sha256_file
@@ -259,8 +259,21 @@ def test_rfvd_reports_psnr_ssim_and_no_lpips_when_off(setup: dict, tmp_path: Pat
     reader = ClipDataset(setup["frames"], split="all", mode="eval", frames=16)
     video = torch.stack([reader.read_clip(int(c.row), int(c.start)) for c in refs.itertuples()])
     tok = load_tokenizer(setup["tok"], params)
-    recon = tok.decode(tok.encode(video)).clamp(0, 1)
+    ids = tok.encode(video)
+    recon = tok.decode(ids).clamp(0, 1)
     assert r["psnr"] == pytest.approx(float(psnr_per_video(recon, video).mean()), rel=1e-5)
+    # beside it, on the same clips: the per-clip mean-colour baseline and the share of the codebook used
+    assert r["psnr_mean_colour_baseline"] == pytest.approx(float(mean_colour_psnr_per_video(video).mean()), rel=1e-5)
+    assert r["codebook_usage"] == len(ids.unique()) / params.tokenizer.codebook_size
+    # and the same figures on every non-overlapping clip of the held-out (test) videos
+    test = ClipDataset(setup["frames"], split="test", mode="eval", frames=16)
+    held = torch.stack([test[i][0] for i in range(len(test))])
+    held_ids = tok.encode(held)
+    h = r["held_out"]
+    assert h["clips"] == len(test) > 0 and h["svq"] == "argmax"
+    assert h["psnr"] == pytest.approx(float(psnr_per_video(tok.decode(held_ids).clamp(0, 1), held).mean()), rel=1e-5)
+    assert h["psnr_mean_colour_baseline"] == pytest.approx(float(mean_colour_psnr_per_video(held).mean()), rel=1e-5)
+    assert h["codebook_usage"] == len(held_ids.unique()) / params.tokenizer.codebook_size
 
 
 # ---- frame prediction ----
