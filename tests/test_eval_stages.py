@@ -24,7 +24,7 @@ from larp.config import Params, ParamsError, apply_overrides
 from larp.data.clips import ClipDataset
 from larp.data.frames import FrameStore
 from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video
-from larp.eval.protocols import clips_hash, rfvd_clips
+from larp.eval.protocols import clips_hash, held_out_clips, rfvd_clips
 from larp.evaluate import gfvd, gfvd_clips, rfvd, sample_shard
 from larp.files import sha256_file
 from larp.tokenize import tokenize_dataset
@@ -144,8 +144,14 @@ def test_gfvd_result_provenance_report_and_feature_cache(setup: dict, tmp_path: 
     monkeypatch.setattr(evaluate, "compute_features", counting)
     out, cache = tmp_path / "results" / "fvd.json", tmp_path / "cache"
     r = gfvd("embedded", setup["frames"], setup["samples"], out, params, cache_dir=cache, progress=False)
-    assert len(calls) == 3  # the real clips once, each of the 2 shards once
+    assert len(calls) == 4  # the real clips once, the held-out clips (class probe) once, each of the 2 shards once
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    # the class probe: fitted on the real clips' features, scored on the samples and the held-out clips
+    acc = r["class_accuracy"]
+    held = held_out_clips(FrameStore(setup["frames"]).table, frames=16, split=1)
+    assert acc["n_samples"] == 3 and acc["n_real_train"] == 3 and acc["n_real_test"] == len(held) > 0
+    assert acc["samples"] in (0.0, 1 / 3, 2 / 3, 1.0) and 0 <= acc["real_test"] <= 1
+    assert acc["chance"] == 1 / params.generator.num_classes and "nearest class mean" in acc["classifier"]
 
     refs = gfvd_clips(setup["frames"], params)
     assert r["metric"] == "gFVD" and r["dataset"] == "embedded"
@@ -181,6 +187,7 @@ def test_gfvd_result_provenance_report_and_feature_cache(setup: dict, tmp_path: 
     calls.clear()
     r2 = gfvd("embedded", setup["frames"], setup["samples"], out, params, cache_dir=cache, progress=False)
     assert len(calls) == 2 and cached.stat().st_mtime_ns == mtime
+    assert r2["class_accuracy"] == r["class_accuracy"]
     assert r2["value"] == pytest.approx(r["value"], rel=1e-9)
     with open(out.parent / "fvd_report.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2  # one row per evaluation, header once

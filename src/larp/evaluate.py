@@ -2,7 +2,9 @@
 
 gFVD: the real set is ``fvd.num_clips`` clips drawn with ``random.Random(fvd.clip_seed)`` from all
 non-overlapping clips of the split's training videos; their labels condition the generated videos (sample i
-gets the label of real clip i); FVD = generated vs those same real clips. Sampling is sharded: shard k of S
+gets the label of real clip i); FVD = generated vs those same real clips. Beside it, the class accuracy of a
+nearest-class-mean probe on the same detector's features (larp.eval.probe), fitted on those real clips: on the
+samples with their conditioning labels, and on the held-out (test) clips as the ceiling. Sampling is sharded: shard k of S
 generates indices [k n / S, (k + 1) n / S), each from its own seeded stream, and `larp fvd` merges the shards.
 
 rFVD: one clip per training video (start from ``fvd.rfvd_seed``), reconstructed with argmax SVQ; also PSNR
@@ -36,7 +38,9 @@ from larp.data.frames import FrameStore
 from larp.eval.fvd import compute_features, fvd_report, load_features, save_features
 from larp.eval.i3d import load_detector
 from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video, ssim_per_video
-from larp.eval.protocols import clips_hash, gfvd_real_clips, rfvd_clips
+from larp.eval.probe import DESCRIPTION as PROBE_DESCRIPTION
+from larp.eval.probe import NearestClassMean
+from larp.eval.protocols import clips_hash, gfvd_real_clips, held_out_clips, rfvd_clips
 from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.provenance import provenance
 from larp.visualize import grid_png, write_mp4
@@ -224,14 +228,28 @@ def _result_common(detector, params: Params, refs: pd.DataFrame, t0: float) -> d
 def _score_shards(frames_dir: Path, samples_dir: Path, refs: pd.DataFrame, params: Params,
                   cache_dir: Path | None, progress: bool, resize: int | None = None) -> tuple:
     """The checked sample shards of ``refs``' protocol scored against the real clips: (shards, detector,
-    real-features cache entry, FVD report). gFVD and FP-FVD differ only in ``refs`` and ``resize``."""
+    real-features cache entry, FVD report, real features, generated features). gFVD and FP-FVD differ only in ``refs`` and ``resize``."""
     shards = _load_shards(samples_dir, refs, params)
     detector = load_detector(params.fvd.detector, device=_device())
     real, real_cache = _real_features(frames_dir, refs, detector, params,
                                       cache_dir or frames_dir.parent.parent / "fvd_cache", progress, resize=resize)
     gen = _generated_features(detector, shards, params, progress, resize=resize)
     return shards, detector, real_cache, fvd_report(real, gen, bootstrap=params.fvd.bootstrap,
-                                                    seed=params.fvd.clip_seed)
+                                                    seed=params.fvd.clip_seed), real, gen
+
+
+def _class_accuracy(frames_dir: Path, refs: pd.DataFrame, real: np.ndarray, shards: _Shards, gen: np.ndarray,
+                    detector, params: Params, cache_dir: Path, progress: bool) -> dict:
+    """The class probe (larp.eval.probe) fitted on the real clips' features, applied to the samples with their
+    conditioning labels and to every clip of the held-out (test) videos."""
+    probe = NearestClassMean.fit(real, refs["label"].to_numpy())
+    gen_labels = np.concatenate([t["label"].to_numpy() for t in shards.tables])[shards.order]
+    test = held_out_clips(FrameStore(frames_dir).table, frames=params.data.frames, split=params.data.split)
+    test_feats = _real_features(frames_dir, test, detector, params, cache_dir, progress)[0] if len(test) else None
+    return {"samples": probe.accuracy(gen, gen_labels),
+            "real_test": probe.accuracy(test_feats, test["label"].to_numpy()) if len(test) else None,
+            "chance": 1.0 / params.generator.num_classes, "classifier": PROBE_DESCRIPTION,
+            "n_samples": len(gen_labels), "n_real_train": len(refs), "n_real_test": len(test)}
 
 
 def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,
@@ -240,8 +258,10 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
     t0 = time.time()
     frames_dir, out = Path(frames_dir), Path(out)
     refs = gfvd_clips(frames_dir, params)
-    shards, detector, real_cache, report = _score_shards(frames_dir, Path(samples_dir), refs, params, cache_dir,
-                                                         progress)
+    shards, detector, real_cache, report, real, gen = _score_shards(frames_dir, Path(samples_dir), refs, params,
+                                                                    cache_dir, progress)
+    accuracy = _class_accuracy(frames_dir, refs, real, shards, gen, detector, params,
+                               cache_dir or frames_dir.parent.parent / "fvd_cache", progress)
     nll = float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean())
     result = {
         **_fvd_header("gFVD", dataset, report),
@@ -250,6 +270,7 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
                      "cfg_scale": params.sample.cfg_scale, "temperature": params.sample.temperature,
                      "top_k": params.sample.top_k, "top_p": params.sample.top_p},
         "nll_sampled": nll,
+        "class_accuracy": accuracy,
         "checkpoints": shards.inputs,
         "real_features_cache": real_cache,
         **_result_common(detector, params, refs, t0),
@@ -428,8 +449,8 @@ def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params:
     frames_dir, out = Path(frames_dir), Path(out)
     refs = fp_clips(frames_dir, params)
     size = params.fvd.fp_resolution
-    shards, detector, cache, report = _score_shards(frames_dir, Path(samples_dir), refs, params, cache_dir,
-                                                    progress, resize=size)
+    shards, detector, cache, report, _, _ = _score_shards(frames_dir, Path(samples_dir), refs, params, cache_dir,
+                                                          progress, resize=size)
     result = {
         **_fvd_header("FP-FVD", dataset, report),
         "protocol": {"name": "FP-FVD frame prediction", "real_clips": "non-overlapping clips of the held-out videos",
