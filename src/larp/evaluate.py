@@ -238,18 +238,27 @@ def _score_shards(frames_dir: Path, samples_dir: Path, refs: pd.DataFrame, param
                                                     seed=params.fvd.clip_seed), real, gen
 
 
-def _class_accuracy(frames_dir: Path, refs: pd.DataFrame, real: np.ndarray, shards: _Shards, gen: np.ndarray,
-                    detector, params: Params, cache_dir: Path, progress: bool) -> dict:
-    """The class probe (larp.eval.probe) fitted on the real clips' features, applied to the samples with their
-    conditioning labels and to every clip of the held-out (test) videos."""
+def _held_out_checks(frames_dir: Path, refs: pd.DataFrame, real: np.ndarray, shards: _Shards, gen: np.ndarray,
+                     detector, params: Params, cache_dir: Path, progress: bool) -> tuple[dict, dict | None]:
+    """What the held-out (test) clips tell beside the gFVD, from the same detector's features: the class probe
+    (larp.eval.probe) fitted on the real clips, applied to the samples with their conditioning labels and to
+    the held-out clips (the ceiling); and the floor of the FVD, real train clips vs held-out real clips (None
+    without test videos)."""
     probe = NearestClassMean.fit(real, refs["label"].to_numpy())
     gen_labels = np.concatenate([t["label"].to_numpy() for t in shards.tables])[shards.order]
     test = held_out_clips(FrameStore(frames_dir).table, frames=params.data.frames, split=params.data.split)
     test_feats = _real_features(frames_dir, test, detector, params, cache_dir, progress)[0] if len(test) else None
-    return {"samples": probe.accuracy(gen, gen_labels),
-            "real_test": probe.accuracy(test_feats, test["label"].to_numpy()) if len(test) else None,
-            "chance": 1.0 / params.generator.num_classes, "classifier": PROBE_DESCRIPTION,
-            "n_samples": len(gen_labels), "n_real_train": len(refs), "n_real_test": len(test)}
+    accuracy = {"samples": probe.accuracy(gen, gen_labels),
+                "real_test": probe.accuracy(test_feats, test["label"].to_numpy()) if len(test) else None,
+                "chance": 1.0 / params.generator.num_classes, "classifier": PROBE_DESCRIPTION,
+                "n_samples": len(gen_labels), "n_real_train": len(refs), "n_real_test": len(test)}
+    floor = None
+    if test_feats is not None and len(test_feats) >= 2:
+        r = fvd_report(real, test_feats, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
+        floor = {"value": r["fvd"], "ci95": [r["bootstrap"]["ci_low"], r["bootstrap"]["ci_high"]] if "bootstrap" in r
+                 else None, "n_real_train": r["n_real"], "n_real_test": r["n_gen"],
+                 "what": "the same real clips vs every non-overlapping clip of the split's test videos"}
+    return accuracy, floor
 
 
 def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,
@@ -260,8 +269,8 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
     refs = gfvd_clips(frames_dir, params)
     shards, detector, real_cache, report, real, gen = _score_shards(frames_dir, Path(samples_dir), refs, params,
                                                                     cache_dir, progress)
-    accuracy = _class_accuracy(frames_dir, refs, real, shards, gen, detector, params,
-                               cache_dir or frames_dir.parent.parent / "fvd_cache", progress)
+    accuracy, floor = _held_out_checks(frames_dir, refs, real, shards, gen, detector, params,
+                                       cache_dir or frames_dir.parent.parent / "fvd_cache", progress)
     nll = float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean())
     result = {
         **_fvd_header("gFVD", dataset, report),
@@ -271,6 +280,7 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
                      "top_k": params.sample.top_k, "top_p": params.sample.top_p},
         "nll_sampled": nll,
         "class_accuracy": accuracy,
+        "reference_points": {"floor_real_train_vs_real_test": floor},
         "checkpoints": shards.inputs,
         "real_features_cache": real_cache,
         **_result_common(detector, params, refs, t0),
