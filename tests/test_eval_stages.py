@@ -23,8 +23,8 @@ from larp import evaluate
 from larp.config import Params, ParamsError, apply_overrides
 from larp.data.clips import ClipDataset
 from larp.data.frames import FrameStore
-from larp.eval.metrics import psnr_per_video
-from larp.eval.protocols import clips_hash, rfvd_clips
+from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video
+from larp.eval.protocols import clips_hash, held_out_clips, rfvd_clips
 from larp.evaluate import gfvd, gfvd_clips, rfvd, sample_shard
 from larp.files import sha256_file
 from larp.tokenize import tokenize_dataset
@@ -144,8 +144,16 @@ def test_gfvd_result_provenance_report_and_feature_cache(setup: dict, tmp_path: 
     monkeypatch.setattr(evaluate, "compute_features", counting)
     out, cache = tmp_path / "results" / "fvd.json", tmp_path / "cache"
     r = gfvd("embedded", setup["frames"], setup["samples"], out, params, cache_dir=cache, progress=False)
-    assert len(calls) == 3  # the real clips once, each of the 2 shards once
+    assert len(calls) == 4  # the real clips once, the held-out clips (class probe) once, each of the 2 shards once
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    # the class probe: fitted on the real clips' features, scored on the samples and the held-out clips
+    acc = r["class_accuracy"]
+    held = held_out_clips(FrameStore(setup["frames"]).table, frames=16, split=1)
+    assert acc["n_samples"] == 3 and acc["n_real_train"] == 3 and acc["n_real_test"] == len(held) > 0
+    assert acc["samples"] in (0.0, 1 / 3, 2 / 3, 1.0) and 0 <= acc["real_test"] <= 1
+    assert acc["chance"] == 1 / params.generator.num_classes and "nearest class mean" in acc["classifier"]
+    floor = r["reference_points"]["floor_real_train_vs_real_test"]
+    assert floor["n_real_train"] == 3 and floor["n_real_test"] == len(held) and np.isfinite(floor["value"])
 
     refs = gfvd_clips(setup["frames"], params)
     assert r["metric"] == "gFVD" and r["dataset"] == "embedded"
@@ -181,6 +189,7 @@ def test_gfvd_result_provenance_report_and_feature_cache(setup: dict, tmp_path: 
     calls.clear()
     r2 = gfvd("embedded", setup["frames"], setup["samples"], out, params, cache_dir=cache, progress=False)
     assert len(calls) == 2 and cached.stat().st_mtime_ns == mtime
+    assert r2["class_accuracy"] == r["class_accuracy"]
     assert r2["value"] == pytest.approx(r["value"], rel=1e-9)
     with open(out.parent / "fvd_report.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2  # one row per evaluation, header once
@@ -259,8 +268,21 @@ def test_rfvd_reports_psnr_ssim_and_no_lpips_when_off(setup: dict, tmp_path: Pat
     reader = ClipDataset(setup["frames"], split="all", mode="eval", frames=16)
     video = torch.stack([reader.read_clip(int(c.row), int(c.start)) for c in refs.itertuples()])
     tok = load_tokenizer(setup["tok"], params)
-    recon = tok.decode(tok.encode(video)).clamp(0, 1)
+    ids = tok.encode(video)
+    recon = tok.decode(ids).clamp(0, 1)
     assert r["psnr"] == pytest.approx(float(psnr_per_video(recon, video).mean()), rel=1e-5)
+    # beside it, on the same clips: the per-clip mean-colour baseline and the share of the codebook used
+    assert r["psnr_mean_colour_baseline"] == pytest.approx(float(mean_colour_psnr_per_video(video).mean()), rel=1e-5)
+    assert r["codebook_usage"] == len(ids.unique()) / params.tokenizer.codebook_size
+    # and the same figures on every non-overlapping clip of the held-out (test) videos
+    test = ClipDataset(setup["frames"], split="test", mode="eval", frames=16)
+    held = torch.stack([test[i][0] for i in range(len(test))])
+    held_ids = tok.encode(held)
+    h = r["held_out"]
+    assert h["clips"] == len(test) > 0 and h["svq"] == "argmax"
+    assert h["psnr"] == pytest.approx(float(psnr_per_video(tok.decode(held_ids).clamp(0, 1), held).mean()), rel=1e-5)
+    assert h["psnr_mean_colour_baseline"] == pytest.approx(float(mean_colour_psnr_per_video(held).mean()), rel=1e-5)
+    assert h["codebook_usage"] == len(held_ids.unique()) / params.tokenizer.codebook_size
 
 
 # ---- frame prediction ----

@@ -9,7 +9,14 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from larp.eval.metrics import gaussian_window, mse_per_video, psnr_per_video, ssim_per_frame, ssim_per_video
+from larp.eval.metrics import (
+    gaussian_window,
+    mean_colour_psnr_per_video,
+    mse_per_video,
+    psnr_per_video,
+    ssim_per_frame,
+    ssim_per_video,
+)
 
 
 def test_psnr_known_values():
@@ -26,6 +33,15 @@ def test_psnr_known_values():
     assert torch.isinf(psnr_per_video(target, target)).all()
     with pytest.raises(ValueError, match="equal shape"):
         psnr_per_video(pred, target[:, :, :2])
+
+
+def test_mean_colour_psnr_is_the_psnr_of_each_videos_own_channel_means():
+    video = torch.zeros(2, 3, 2, 4, 4)
+    video[0, 0, :, :, :2] = 1.0  # red channel: half the pixels 1, half 0 -> mean 0.5, MSE over channels 0.25/3
+    video[1] = 0.3  # flat: its mean colour is exact
+    psnr = mean_colour_psnr_per_video(video)
+    assert psnr[0].item() == pytest.approx(-10 * math.log10(0.25 / 3), rel=1e-9)
+    assert torch.isinf(psnr[1])
 
 
 def ssim_reference(x: np.ndarray, y: np.ndarray) -> float:

@@ -2,11 +2,15 @@
 
 gFVD: the real set is ``fvd.num_clips`` clips drawn with ``random.Random(fvd.clip_seed)`` from all
 non-overlapping clips of the split's training videos; their labels condition the generated videos (sample i
-gets the label of real clip i); FVD = generated vs those same real clips. Sampling is sharded: shard k of S
+gets the label of real clip i); FVD = generated vs those same real clips. Beside it, the class accuracy of a
+nearest-class-mean probe on the same detector's features (larp.eval.probe), fitted on those real clips: on the
+samples with their conditioning labels, and on the held-out (test) clips as the ceiling. Sampling is sharded: shard k of S
 generates indices [k n / S, (k + 1) n / S), each from its own seeded stream, and `larp fvd` merges the shards.
 
 rFVD: one clip per training video (start from ``fvd.rfvd_seed``), reconstructed with argmax SVQ; also PSNR
-(mean of per-video PSNR), SSIM and LPIPS.
+(mean of per-video PSNR), SSIM and LPIPS. Beside them, on the same clips and on every non-overlapping clip of
+the split's held-out (test) videos: the PSNR of the per-clip mean colour (the baseline a reconstruction must
+clear) and the share of the codebook the argmax codes use.
 
 Every result file records the protocol, detector identity, checkpoint hashes, parameters and provenance.
 """
@@ -25,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from einops import rearrange
+from torch import Tensor
 from tqdm import tqdm
 
 from larp.config import Params
@@ -32,8 +37,10 @@ from larp.data.clips import ClipDataset
 from larp.data.frames import FrameStore
 from larp.eval.fvd import compute_features, fvd_report, load_features, save_features
 from larp.eval.i3d import load_detector
-from larp.eval.metrics import psnr_per_video, ssim_per_video
-from larp.eval.protocols import clips_hash, gfvd_real_clips, rfvd_clips
+from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video, ssim_per_video
+from larp.eval.probe import DESCRIPTION as PROBE_DESCRIPTION
+from larp.eval.probe import NearestClassMean
+from larp.eval.protocols import clips_hash, gfvd_real_clips, held_out_clips, rfvd_clips
 from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.provenance import provenance
 from larp.visualize import grid_png, write_mp4
@@ -228,14 +235,37 @@ def _result_common(detector, params: Params, refs: pd.DataFrame, t0: float) -> d
 def _score_shards(frames_dir: Path, samples_dir: Path, refs: pd.DataFrame, params: Params,
                   cache_dir: Path | None, progress: bool, resize: int | None = None) -> tuple:
     """The checked sample shards of ``refs``' protocol scored against the real clips: (shards, detector,
-    real-features cache entry, FVD report). gFVD and FP-FVD differ only in ``refs`` and ``resize``."""
+    real-features cache entry, FVD report, real features, generated features). gFVD and FP-FVD differ only in ``refs`` and ``resize``."""
     shards = _load_shards(samples_dir, refs, params)
     detector = load_detector(params.fvd.detector, device=_device())
     real, real_cache = _real_features(frames_dir, refs, detector, params,
                                       cache_dir or frames_dir.parent.parent / "fvd_cache", progress, resize=resize)
     gen = _generated_features(detector, shards, params, progress, resize=resize)
     return shards, detector, real_cache, fvd_report(real, gen, bootstrap=params.fvd.bootstrap,
-                                                    seed=params.fvd.clip_seed)
+                                                    seed=params.fvd.clip_seed), real, gen
+
+
+def _held_out_checks(frames_dir: Path, refs: pd.DataFrame, real: np.ndarray, shards: _Shards, gen: np.ndarray,
+                     detector, params: Params, cache_dir: Path, progress: bool) -> tuple[dict, dict | None]:
+    """What the held-out (test) clips tell beside the gFVD, from the same detector's features: the class probe
+    (larp.eval.probe) fitted on the real clips, applied to the samples with their conditioning labels and to
+    the held-out clips (the ceiling); and the floor of the FVD, real train clips vs held-out real clips (None
+    without test videos)."""
+    probe = NearestClassMean.fit(real, refs["label"].to_numpy())
+    gen_labels = np.concatenate([t["label"].to_numpy() for t in shards.tables])[shards.order]
+    test = held_out_clips(FrameStore(frames_dir).table, frames=params.data.frames, split=params.data.split)
+    test_feats = _real_features(frames_dir, test, detector, params, cache_dir, progress)[0] if len(test) else None
+    accuracy = {"samples": probe.accuracy(gen, gen_labels),
+                "real_test": probe.accuracy(test_feats, test["label"].to_numpy()) if len(test) else None,
+                "chance": 1.0 / params.generator.num_classes, "classifier": PROBE_DESCRIPTION,
+                "n_samples": len(gen_labels), "n_real_train": len(refs), "n_real_test": len(test)}
+    floor = None
+    if test_feats is not None and len(test_feats) >= 2:
+        r = fvd_report(real, test_feats, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
+        floor = {"value": r["fvd"], "ci95": [r["bootstrap"]["ci_low"], r["bootstrap"]["ci_high"]] if "bootstrap" in r
+                 else None, "n_real_train": r["n_real"], "n_real_test": r["n_gen"],
+                 "what": "the same real clips vs every non-overlapping clip of the split's test videos"}
+    return accuracy, floor
 
 
 def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,
@@ -244,8 +274,10 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
     t0 = time.time()
     frames_dir, out = Path(frames_dir), Path(out)
     refs = gfvd_clips(frames_dir, params)
-    shards, detector, real_cache, report = _score_shards(frames_dir, Path(samples_dir), refs, params, cache_dir,
-                                                         progress)
+    shards, detector, real_cache, report, real, gen = _score_shards(frames_dir, Path(samples_dir), refs, params,
+                                                                    cache_dir, progress)
+    accuracy, floor = _held_out_checks(frames_dir, refs, real, shards, gen, detector, params,
+                                       cache_dir or frames_dir.parent.parent / "fvd_cache", progress)
     nll = float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean())
     result = {
         **_fvd_header("gFVD", dataset, report),
@@ -254,6 +286,8 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
                      "cfg_scale": params.sample.cfg_scale, "temperature": params.sample.temperature,
                      "top_k": params.sample.top_k, "top_p": params.sample.top_p},
         "nll_sampled": nll,
+        "class_accuracy": accuracy,
+        "reference_points": {"floor_real_train_vs_real_test": floor},
         "checkpoints": shards.inputs,
         "real_features_cache": real_cache,
         **_result_common(detector, params, refs, t0),
@@ -271,9 +305,55 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
     return result
 
 
+class _ReconStats:
+    """Running per-clip PSNR / SSIM / mean-colour PSNR and the set of codes used, over argmax reconstructions."""
+
+    def __init__(self, codebook_size: int) -> None:
+        self.codebook_size = codebook_size
+        self.psnr: list[Tensor] = []
+        self.ssim: list[Tensor] = []
+        self.base: list[Tensor] = []
+        self.codes: set[int] = set()
+
+    def add(self, video: Tensor, ids: Tensor, recon: Tensor) -> None:
+        self.psnr.append(psnr_per_video(recon, video).cpu())
+        self.ssim.append(ssim_per_video(recon, video).cpu())
+        self.base.append(mean_colour_psnr_per_video(video).cpu())
+        self.codes.update(ids.unique().tolist())
+
+    def summary(self) -> dict:
+        return {"clips": int(sum(len(p) for p in self.psnr)), "psnr": float(torch.cat(self.psnr).mean()),
+                "psnr_mean_colour_baseline": float(torch.cat(self.base).mean()),
+                "ssim": float(torch.cat(self.ssim).mean()),
+                "codebook_usage": len(self.codes) / self.codebook_size}
+
+
+def _reconstruct(tok, video: Tensor) -> tuple[Tensor, Tensor]:
+    """Argmax token ids and the clamped reconstruction of a batch of clips."""
+    with torch.no_grad(), torch.autocast(video.device.type, dtype=torch.float16, enabled=video.device.type == "cuda"):
+        ids = tok.encode(video)
+        return ids, tok.decode(ids).float().clamp(0, 1)
+
+
+def _held_out_reconstruction(tok, frames_dir: Path, params: Params, device: torch.device,
+                             progress: bool) -> dict | None:
+    """Reconstruction figures on every non-overlapping clip of the split's test videos (None: no test videos)."""
+    clips = ClipDataset(frames_dir, split="test", split_index=params.data.split, mode="eval",
+                        frames=params.data.frames)
+    if not len(clips):
+        return None
+    stats, bs = _ReconStats(params.tokenizer.codebook_size), params.fvd.batch_size
+    for i in tqdm(range(0, len(clips), bs), desc="held-out reconstructions", disable=not progress):
+        video = torch.stack([clips[j][0] for j in range(i, min(i + bs, len(clips)))]).to(device)
+        stats.add(video, *_reconstruct(tok, video))
+    return {"split": f"test (split {params.data.split}), every non-overlapping clip", "svq": "argmax",
+            **stats.summary()}
+
+
 def rfvd(dataset: str, frames_dir: Path, tokenizer_weights: Path, out: Path, params: Params, *,
          progress: bool = True) -> dict:
-    """Reconstruction FVD / PSNR / SSIM / LPIPS of the tokenizer (argmax SVQ) on the rFVD clips."""
+    """Reconstruction FVD / PSNR / SSIM / LPIPS of the tokenizer (argmax SVQ) on the rFVD clips, with the
+    mean-colour PSNR baseline and the codebook usage on those clips and on the held-out (test) clips."""
     from larp.train.tokenizer import load_tokenizer
 
     t0 = time.time()
@@ -290,27 +370,30 @@ def rfvd(dataset: str, frames_dir: Path, tokenizer_weights: Path, out: Path, par
 
         lpips = LPIPS.from_pretrained().to(device).eval()
     reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
-    real_f, rec_f, psnr, ssim, lp = [], [], [], [], []
+    real_f, rec_f, lp = [], [], []
+    stats = _ReconStats(params.tokenizer.codebook_size)
     bs = params.fvd.batch_size
     for i in tqdm(range(0, len(refs), bs), desc="rfvd", disable=not progress):
         chunk = refs.iloc[i:i + bs]
         video = torch.stack([reader.read_clip(int(r.row), int(r.start)) for r in chunk.itertuples()]).to(device)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            recon = tok.decode(tok.encode(video)).float().clamp(0, 1)
+        ids, recon = _reconstruct(tok, video)
         real_f.append(detector(video))
         rec_f.append(detector(recon))
-        psnr.append(psnr_per_video(recon, video).cpu())
-        ssim.append(ssim_per_video(recon, video).cpu())
+        stats.add(video, ids, recon)
         if lpips is not None:
             with torch.no_grad():
                 lp.append(float(video_lpips(lpips, video, recon)) * len(chunk))
     real, rec = torch.cat(real_f).numpy(), torch.cat(rec_f).numpy()
     report = fvd_report(real, rec, bootstrap=params.fvd.bootstrap, seed=params.fvd.rfvd_seed)
+    summary = stats.summary()
     result = {
         **_fvd_header("rFVD", dataset, report),
-        "psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean()),
+        "psnr": summary["psnr"], "ssim": summary["ssim"],
+        "psnr_mean_colour_baseline": summary["psnr_mean_colour_baseline"],
+        "codebook_usage": summary["codebook_usage"],
         "lpips": (sum(lp) / len(refs)) if lpips is not None else None,
         "lpips_note": None if lpips is not None else "not computed: fvd.lpips is false (needs VGG16 + LPIPS weights)",
+        "held_out": _held_out_reconstruction(tok, frames_dir, params, device, progress),
         "protocol": {"name": "rFVD reconstruction", "clips": "one clip per split train video",
                      "seed": params.fvd.rfvd_seed, "max_videos": params.fvd.rfvd_max_videos, "svq": "argmax"},
         "checkpoints": {"tokenizer": sha256_file(tokenizer_weights)},
@@ -395,8 +478,8 @@ def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params:
     frames_dir, out = Path(frames_dir), Path(out)
     refs = fp_clips(frames_dir, params)
     size = params.fvd.fp_resolution
-    shards, detector, cache, report = _score_shards(frames_dir, Path(samples_dir), refs, params, cache_dir,
-                                                    progress, resize=size)
+    shards, detector, cache, report, _, _ = _score_shards(frames_dir, Path(samples_dir), refs, params, cache_dir,
+                                                          progress, resize=size)
     result = {
         **_fvd_header("FP-FVD", dataset, report),
         "protocol": {"name": "FP-FVD frame prediction", "real_clips": "non-overlapping clips of the held-out videos",

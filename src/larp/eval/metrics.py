@@ -2,6 +2,7 @@
 
 * PSNR as LARP's rFVD evaluator: per-video MSE over all pixels, PSNR = -10·log10(MSE / range²); the reported
   number is the mean over videos of the per-video PSNR (not the PSNR of the mean MSE).
+* Mean-colour PSNR: the PSNR of each video's own per-channel mean colour, the baseline beside a reconstruction.
 * SSIM (Wang et al. 2004): 11×11 Gaussian window, σ = 1.5, K1 = 0.01, K2 = 0.03, data range 1, statistics over
   the valid window positions (no padding), population (biased) local variances; averaged over channels and
   pixels per frame, then over frames per video.
@@ -32,6 +33,14 @@ def mse_per_video(pred: Tensor, target: Tensor) -> Tensor:
 def psnr_per_video(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
     """(b,) float64 PSNR in dB of each video (inf for an exact reconstruction)."""
     return 10 * torch.log10(data_range**2 / mse_per_video(pred, target))
+
+
+def mean_colour_psnr_per_video(target: Tensor, data_range: float = 1.0) -> Tensor:
+    """(b,) float64 PSNR of the trivial reconstruction that paints each video in its own mean colour (per
+    channel over all frames and pixels): the floor a reconstruction must clear to show it kept anything
+    that moves or has a shape."""
+    flat = target.double().mean(dim=(2, 3, 4), keepdim=True).expand_as(target)
+    return psnr_per_video(flat, target, data_range)
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:

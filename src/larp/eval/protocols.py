@@ -61,6 +61,19 @@ def gfvd_real_clips(
     return _draw_clips(_train_rows(table, split), frames, num_clips, seed, f"gFVD: split {split} training")
 
 
+def held_out_clips(table: pd.DataFrame, frames: int = 16, split: int = 1) -> pd.DataFrame:
+    """Every non-overlapping ``frames``-clip of the split's test videos, in table order (the class probe's real
+    held-out set)."""
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    videos = _train_rows(table, split, "test")
+    per_video = (videos["num_frames"] // frames).to_numpy()
+    src = videos.iloc[np.repeat(np.arange(len(videos)), per_video)]
+    starts = np.concatenate([np.arange(k) * frames for k in per_video]) if len(per_video) else np.zeros(0)
+    return pd.DataFrame({"row": src["row"].to_numpy(), "video_id": src["video_id"].to_numpy(),
+                         "start": starts.astype(np.int64), "label": src["label"].to_numpy()})
+
+
 def _draw_clips(videos: pd.DataFrame, frames: int, num_clips: int, seed: int, what: str) -> pd.DataFrame:
     """Index every non-overlapping ``frames``-clip of ``videos`` (in order), draw ``num_clips`` with
     ``random.Random(seed).sample``; the clips in draw order."""
