@@ -47,8 +47,9 @@ def dvc_stages(root: Path) -> dict[str, dict]:
             params = set()
             deps = set()
             for d in st.deps:
-                if type(d).__name__ == "ParamsDependency":
-                    params |= set(d.params)
+                if type(d).__name__ == "ParamsDependency":  # keys of a file other than params.yaml: <file>:<key>
+                    where = "" if d.def_path == "params.yaml" else f"{d.def_path}:"
+                    params |= {where + k for k in d.params}
                 else:
                     deps.add(d.def_path)
             cmd = st.cmd if isinstance(st.cmd, str) else " && ".join(st.cmd)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from dag import compare, copy_project, dvc_stages, snakemake_jobs
 
+from larp.pipeline import STAGES, code, tracked_params
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,21 +32,42 @@ def _copy_repo(tmp_path: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("old, new, field", [
-    ("--out data/frames/{wildcards.dataset} 2>", "--out data/frames/{wildcards.dataset} --fast 2>", "extract@embedded.cmd"),
-    ('tracked("presets.{dataset}", "data", "storage.{dataset}")', 'tracked("presets.{dataset}", "data")',
-     "extract@embedded.params"),
-    ('"src/larp/data",', "", "extract@embedded.deps"),
+@pytest.mark.parametrize("path, old, new, field", [
+    ("workflow/rules/data.smk", "--out data/frames/{wildcards.dataset} 2>",
+     "--out data/frames/{wildcards.dataset} --fast 2>", "extract@embedded.cmd"),
+    ("dvc.yaml", "        - storage.${item}\n", "", "extract@embedded.params"),  # dropped from params.yaml keys
+    ("dvc.yaml", "            - storage.${item}\n", "", "extract@embedded.params"),  # ... from the preset file's
+    ("dvc.yaml", "        - src/larp/data\n", "", "extract@embedded.deps"),
+    ("dvc.yaml", "        - src/larp/models\n", "", "sample@0.deps"),  # sampling runs the models
 ])
-def test_parity_check_catches_drift(tmp_path, old, new, field):
+def test_parity_check_catches_drift(tmp_path, path, old, new, field):
     repo = _copy_repo(tmp_path)
-    rules = repo / "workflow" / "rules" / "data.smk"
-    text = rules.read_text()
-    assert old in text
-    rules.write_text(text.replace(old, new))
+    f = repo / path
+    text = f.read_text()
+    assert text.count(old) >= 1, old
+    f.write_text(text.replace(old, new, 1))
     dvc = dvc_stages(repo)
     diffs = compare(dvc, snakemake_jobs(repo, _targets(dvc)))
     assert any(d.startswith(field) for d in diffs), diffs
+
+
+def test_dvc_yaml_lists_what_the_stage_table_says():
+    # the Snakefile takes tracked params and code from larp.pipeline.STAGES; dvc.yaml must list the same
+    for name, st in dvc_stages(ROOT).items():
+        stage, _, item = name.partition("@")
+        dataset = item if stage in ("download", "extract") else "embedded"
+        want = {(k if f == "params.yaml" else f"{f}:{k}") for f, keys in tracked_params(stage, dataset, "tiny").items()
+                for k in keys}
+        assert st["params"] == want, name
+        assert set(code(stage, dataset)) <= st["deps"], name
+        assert {d for d in st["deps"] if d.startswith("src/")} == set(code(stage, dataset)), name
+
+
+def test_every_code_path_of_the_stage_table_exists():
+    for stage in STAGES:
+        for dataset in ("embedded", "ucf101", "k600"):
+            for path in code(stage, dataset):
+                assert (ROOT / path).exists(), (stage, path)
 
 
 def test_the_paper_data_mix_is_the_same_pipeline_for_both_tools(tmp_path):
@@ -54,7 +77,7 @@ def test_the_paper_data_mix_is_the_same_pipeline_for_both_tools(tmp_path):
     params = repo / "params.yaml"
     text = params.read_text()
     params.write_text(text.replace("dataset: embedded ", "dataset: ucf101 ").replace(
-        "datasets: [embedded] ", "datasets: [k600, ucf101] "))
+        "datasets: [embedded] ", "datasets: [k600, ucf101] ").replace("preset: tiny ", "preset: paper "))
     dvc = dvc_stages(repo)
     assert {"download@k600", "download@ucf101", "extract@k600", "extract@ucf101"} <= set(dvc)
     assert {"data/frames/k600", "data/frames/ucf101"} <= dvc["train_tokenizer"]["deps"]

@@ -3,12 +3,11 @@ rule sample:
         "data/frames/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
         "checkpoints/{dataset}/ar.safetensors",
-        "src/larp/sample.py",
-        "src/larp/evaluate.py",
+        code=stage_code("sample"),
     output:
         directory("data/samples/{dataset}/shard-{shard}"),
     params:
-        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "generator", "sample", "fvd"),
+        tracked=tracked("sample"),
     threads: stage_threads("sample")
     resources:
         **stage_resources("sample"),
@@ -25,12 +24,11 @@ rule fvd:
     input:
         "data/frames/{dataset}",
         sample_shards,
-        "src/larp/eval",
-        "src/larp/evaluate.py",
+        code=stage_code("fvd"),
     output:
         "results/fvd_{dataset}.json",
     params:
-        tracked=tracked("presets.{dataset}", "data", "sample", "fvd"),
+        tracked=tracked("fvd"),
     threads: stage_threads("fvd")
     resources:
         **stage_resources("fvd"),
@@ -45,12 +43,11 @@ rule rfvd:
     input:
         "data/frames/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
-        "src/larp/eval",
-        "src/larp/evaluate.py",
+        code=stage_code("rfvd"),
     output:
         "results/rfvd_{dataset}.json",
     params:
-        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "fvd"),
+        tracked=tracked("rfvd"),
     threads: stage_threads("fvd")
     resources:
         **stage_resources("fvd"),

@@ -6,11 +6,11 @@ rule tokenize_fp:
     input:
         "data/frames/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
-        "src/larp/tokenize.py",
+        code=stage_code("tokenize_fp"),
     output:
         directory("data/tokens_fp/{dataset}"),
     params:
-        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "tokenize", "generator"),
+        tracked=tracked("tokenize_fp"),
     threads: stage_threads("tokenize")
     resources:
         **stage_resources("tokenize"),
@@ -26,13 +26,12 @@ rule train_ar_fp:
     input:
         "data/tokens_fp/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
-        "src/larp/models",
-        "src/larp/train",
+        code=stage_code("train_ar_fp"),
     output:
         "checkpoints/{dataset}/ar_fp.safetensors",
         "results/{dataset}/ar_fp_metrics.csv",
     params:
-        tracked=tracked("presets.{dataset}", "generator", "train_ar_fp", "tokenizer", "prior"),
+        tracked=tracked("train_ar_fp"),
     threads: stage_threads("train_ar_fp")
     resources:
         **stage_resources("train_ar_fp"),
@@ -50,12 +49,11 @@ rule sample_fp:
         "data/frames/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
         "checkpoints/{dataset}/ar_fp.safetensors",
-        "src/larp/sample.py",
-        "src/larp/evaluate.py",
+        code=stage_code("sample_fp"),
     output:
         directory("data/samples_fp/{dataset}/shard-{shard}"),
     params:
-        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "generator", "sample", "fvd"),
+        tracked=tracked("sample_fp"),
     threads: stage_threads("sample")
     resources:
         **stage_resources("sample"),
@@ -72,12 +70,11 @@ rule fvd_fp:
     input:
         "data/frames/{dataset}",
         sample_fp_shards,
-        "src/larp/eval",
-        "src/larp/evaluate.py",
+        code=stage_code("fvd_fp"),
     output:
         "results/fvd_{dataset}_fp.json",
     params:
-        tracked=tracked("presets.{dataset}", "data", "sample", "fvd"),
+        tracked=tracked("fvd_fp"),
     threads: stage_threads("fvd")
     resources:
         **stage_resources("fvd"),

@@ -21,10 +21,6 @@ def released_input(wildcards):
     return [] if src.startswith("hf:") else [src]
 
 
-def released_tracked(*keys):
-    return {k: _lookup(config, k) for k in keys}
-
-
 def released_resources(stage):
     r = getattr(resolved(RELEASED_DATASET).resources, stage)
     return dict(gpu=r.gpus, mem_mb=r.mem_mb, runtime=r.runtime)
@@ -38,7 +34,7 @@ def released_shards(wildcards):
 rule import_released:
     input:
         released_input,
-        "src/larp/convert.py",
+        code=stage_code("import_released", dataset=RELEASED_DATASET),
     output:
         "checkpoints/ucf101/released/{kind}.safetensors",
         "checkpoints/ucf101/released/{kind}.safetensors.json",
@@ -46,7 +42,7 @@ rule import_released:
         kind="tokenizer|ar",
     params:
         src=released_source,
-        tracked=released_tracked("presets.ucf101", "tokenizer", "prior", "generator"),
+        tracked=tracked("import_released", dataset=RELEASED_DATASET),
     threads: 1
     resources:
         gpu=0,
@@ -64,14 +60,11 @@ rule sample_released:
         "data/frames/ucf101",
         "checkpoints/ucf101/released/tokenizer.safetensors",
         "checkpoints/ucf101/released/ar.safetensors",
-        "src/larp/sample.py",
-        "src/larp/evaluate.py",
+        code=stage_code("sample", dataset=RELEASED_DATASET),
     output:
         directory("data/samples/ucf101_released/shard-{shard}"),
     params:
-        tracked=released_tracked(
-            "presets.ucf101", "data", "tokenizer", "prior", "generator", "sample", "fvd"
-        ),
+        tracked=tracked("sample", dataset=RELEASED_DATASET),
     threads: resolved(RELEASED_DATASET).resources.sample.cpus
     resources:
         **released_resources("sample"),
@@ -88,12 +81,11 @@ rule fvd_released:
     input:
         "data/frames/ucf101",
         released_shards,
-        "src/larp/eval",
-        "src/larp/evaluate.py",
+        code=stage_code("fvd", dataset=RELEASED_DATASET),
     output:
         "results/fvd_ucf101_released.json",
     params:
-        tracked=released_tracked("presets.ucf101", "data", "sample", "fvd"),
+        tracked=tracked("fvd", dataset=RELEASED_DATASET),
     threads: resolved(RELEASED_DATASET).resources.fvd.cpus
     resources:
         **released_resources("fvd"),
@@ -108,12 +100,11 @@ rule rfvd_released:
     input:
         "data/frames/ucf101",
         "checkpoints/ucf101/released/tokenizer.safetensors",
-        "src/larp/eval",
-        "src/larp/evaluate.py",
+        code=stage_code("rfvd", dataset=RELEASED_DATASET),
     output:
         "results/rfvd_ucf101_released.json",
     params:
-        tracked=released_tracked("presets.ucf101", "data", "tokenizer", "prior", "fvd"),
+        tracked=tracked("rfvd", dataset=RELEASED_DATASET),
     threads: resolved(RELEASED_DATASET).resources.fvd.cpus
     resources:
         **released_resources("fvd"),
