@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from dag import compare, copy_project, dvc_stages, snakemake_jobs
 
-from larp.pipeline import STAGES, code, tracked_params
+from larp.pipeline import STAGES, code, code_files, tracked_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,8 @@ def _targets(stages: dict[str, dict]) -> list[str]:
 def test_dvc_and_snakemake_describe_the_same_pipeline():
     dvc = dvc_stages(ROOT)
     assert set(dvc) == {"download@embedded", "extract@embedded", "train_tokenizer", "tokenize", "train_ar", "sample@0", "sample@1",
-                        "fvd", "rfvd", "tokenize_fp", "train_ar_fp", "sample_fp@0", "sample_fp@1", "fvd_fp"}
+                        "fvd_real", "fvd", "rfvd", "tokenize_fp", "train_ar_fp", "sample_fp@0", "sample_fp@1",
+                        "fvd_real_fp", "fvd_fp"}
     smk = snakemake_jobs(ROOT, _targets(dvc))
     assert compare(dvc, smk) == []
 
@@ -59,8 +60,7 @@ def test_dvc_yaml_lists_what_the_stage_table_says():
         want = {(k if f == "params.yaml" else f"{f}:{k}") for f, keys in tracked_params(stage, dataset, "tiny").items()
                 for k in keys}
         assert st["params"] == want, name
-        assert set(code(stage, dataset)) <= st["deps"], name
-        assert {d for d in st["deps"] if d.startswith("src/")} == set(code(stage, dataset)), name
+        assert {d for d in st["deps"] if d.startswith("src/")} == set(code_files(stage, dataset, ROOT)), name
 
 
 def test_every_code_path_of_the_stage_table_exists():

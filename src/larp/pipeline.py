@@ -13,6 +13,7 @@ the stage's dataset.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 PRESET_FILE = "src/larp/presets/{preset}.yaml"  # repo-relative: what the workflows track (larp.config reads it)
 
@@ -29,7 +30,8 @@ _LOAD_MODELS = ("src/larp/models", "src/larp/train/checkpoint.py", "src/larp/tra
 _SAMPLE = Reads(("data", "tokenizer", "prior", "generator", "sample", "fvd"),
                 ("src/larp/sample.py", "src/larp/evaluate.py", "src/larp/tokenize.py", "src/larp/eval/protocols.py",
                  *_LOAD_MODELS, *_CLIPS))
-_FVD = Reads(("data", "sample", "fvd"), ("src/larp/eval", "src/larp/evaluate.py", *_CLIPS))
+_FVD_REAL = Reads(("data", "fvd"), ("src/larp/eval", "src/larp/evaluate.py", *_CLIPS))
+_FVD = Reads(("data", "sample", "fvd"), _FVD_REAL.code)
 _TOKENIZE = ("src/larp/tokenize.py", "src/larp/models", "src/larp/train/checkpoint.py", "src/larp/train/tokenizer.py",
              *_CLIPS)
 _TRAIN_AR = ("src/larp/models", "src/larp/train", "src/larp/sample.py", "src/larp/tokenize.py")
@@ -43,6 +45,7 @@ STAGES: dict[str, Reads] = {
     "tokenize": Reads(("data", "tokenizer", "prior", "tokenize"), _TOKENIZE),
     "train_ar": Reads(("generator", "train_ar", "tokenizer", "prior"), _TRAIN_AR),
     "sample": _SAMPLE,
+    "fvd_real": _FVD_REAL,  # the real clips' features: not rerun for new samples
     "fvd": _FVD,
     "rfvd": Reads(("data", "tokenizer", "prior", "fvd"),
                   ("src/larp/eval", "src/larp/evaluate.py", "src/larp/losses.py", *_LOAD_MODELS, *_CLIPS)),
@@ -50,6 +53,7 @@ STAGES: dict[str, Reads] = {
     "tokenize_fp": Reads(("data", "tokenizer", "prior", "tokenize", "generator"), _TOKENIZE),
     "train_ar_fp": Reads(("generator", "train_ar_fp", "tokenizer", "prior"), _TRAIN_AR),
     "sample_fp": _SAMPLE,
+    "fvd_real_fp": _FVD_REAL,
     "fvd_fp": _FVD,
     # the released checkpoints (Snakemake only): importing them; their sample/fvd/rfvd rules read as ours
     "import_released": Reads(("tokenizer", "prior", "generator"), ("src/larp/convert.py", "src/larp/models")),
@@ -64,3 +68,14 @@ def tracked_params(stage: str, dataset: str, preset: str) -> dict[str, list[str]
 
 def code(stage: str, dataset: str) -> list[str]:
     return [c.format(dataset=dataset) for c in STAGES[stage].code]
+
+
+def code_files(stage: str, dataset: str, root: str | Path = ".") -> list[str]:
+    """:func:`code` with each folder replaced by its Python files: Snakemake compares the modification time
+    of an input folder itself, which editing a file inside does not change (DVC hashes folder contents)."""
+    root = Path(root)
+    out = []
+    for c in code(stage, dataset):
+        p = root / c
+        out += sorted(str(f.relative_to(root)) for f in p.rglob("*.py")) if p.is_dir() else [c]
+    return out

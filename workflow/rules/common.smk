@@ -2,7 +2,7 @@
 import functools
 
 from larp.config import DATASETS, read_params_file, read_preset_file, tokenizer_datasets
-from larp.pipeline import code, tracked_params
+from larp.pipeline import code_files, tracked_params
 
 PARAMS_FILE = read_params_file("params.yaml")  # validated here: a bad key fails at parse time
 
@@ -47,7 +47,7 @@ def tracked(stage, dataset=None):
 
 def stage_code(stage, dataset=None):
     """The package code a stage runs (larp.pipeline.STAGES): inputs, so that a change reruns it."""
-    return lambda wildcards: code(stage, dataset or wildcards.dataset)
+    return lambda wildcards: code_files(stage, dataset or wildcards.dataset)
 
 
 def stage_resources(stage):

@@ -20,9 +20,28 @@ rule sample:
         " --out data/samples/{wildcards.dataset}/shard-{wildcards.shard} 2> {log}"
 
 
+rule fvd_real:
+    input:
+        "data/frames/{dataset}",
+        code=stage_code("fvd_real"),
+    output:
+        "data/fvd_real/{dataset}.npz",
+    params:
+        tracked=tracked("fvd_real"),
+    threads: stage_threads("fvd")
+    resources:
+        **stage_resources("fvd"),
+    log:
+        "logs/fvd_real/{dataset}.log",
+    shell:
+        "larp fvd-real --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
+        " --out data/fvd_real/{wildcards.dataset}.npz 2> {log}"
+
+
 rule fvd:
     input:
         "data/frames/{dataset}",
+        "data/fvd_real/{dataset}.npz",
         sample_shards,
         code=stage_code("fvd"),
     output:
@@ -36,7 +55,8 @@ rule fvd:
         "logs/fvd/{dataset}.log",
     shell:
         "larp fvd --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --samples data/samples/{wildcards.dataset} --out results/fvd_{wildcards.dataset}.json 2> {log}"
+        " --samples data/samples/{wildcards.dataset} --real data/fvd_real/{wildcards.dataset}.npz"
+        " --out results/fvd_{wildcards.dataset}.json 2> {log}"
 
 
 rule rfvd:

@@ -66,9 +66,28 @@ rule sample_fp:
         " --out data/samples_fp/{wildcards.dataset}/shard-{wildcards.shard} --fp 2> {log}"
 
 
+rule fvd_real_fp:
+    input:
+        "data/frames/{dataset}",
+        code=stage_code("fvd_real_fp"),
+    output:
+        "data/fvd_real/{dataset}_fp.npz",
+    params:
+        tracked=tracked("fvd_real_fp"),
+    threads: stage_threads("fvd")
+    resources:
+        **stage_resources("fvd"),
+    log:
+        "logs/fvd_real_fp/{dataset}.log",
+    shell:
+        "larp fvd-real --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
+        " --out data/fvd_real/{wildcards.dataset}_fp.npz --fp 2> {log}"
+
+
 rule fvd_fp:
     input:
         "data/frames/{dataset}",
+        "data/fvd_real/{dataset}_fp.npz",
         sample_fp_shards,
         code=stage_code("fvd_fp"),
     output:
@@ -82,4 +101,5 @@ rule fvd_fp:
         "logs/fvd_fp/{dataset}.log",
     shell:
         "larp fvd --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --samples data/samples_fp/{wildcards.dataset} --out results/fvd_{wildcards.dataset}_fp.json --fp 2> {log}"
+        " --samples data/samples_fp/{wildcards.dataset} --real data/fvd_real/{wildcards.dataset}_fp.npz"
+        " --out results/fvd_{wildcards.dataset}_fp.json --fp 2> {log}"

@@ -80,6 +80,7 @@ rule sample_released:
 rule fvd_released:
     input:
         "data/frames/ucf101",
+        "data/fvd_real/ucf101.npz",  # the protocol's real clips: the same as for our UCF-101 models
         released_shards,
         code=stage_code("fvd", dataset=RELEASED_DATASET),
     output:
@@ -93,7 +94,8 @@ rule fvd_released:
         "logs/fvd/ucf101_released.log",
     shell:
         "larp fvd --dataset ucf101 --frames data/frames/ucf101"
-        " --samples data/samples/ucf101_released --out results/fvd_ucf101_released.json 2> {log}"
+        " --samples data/samples/ucf101_released --real data/fvd_real/ucf101.npz"
+        " --out results/fvd_ucf101_released.json 2> {log}"
 
 
 rule rfvd_released:
