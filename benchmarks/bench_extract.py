@@ -10,6 +10,7 @@ torchvision's antialiased kernel (LARP's transform). Goal: ours >= 0.8x ffmpeg's
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import subprocess
 import tempfile
@@ -20,14 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from larp.config import EmbeddedParams
+from larp.config import preset
 from larp.data.embedded import render, write_video
 from larp.data.extract import extract_dataset, extract_frames
 
 
 def ucf_like_video(path: Path, frames: int) -> None:
     """A moving shape over a scrolling noise texture: detail and motion close to a UCF-101 clip."""
-    params = EmbeddedParams(height=240, width=320, min_frames=frames, max_frames=frames)
+    params = dataclasses.replace(preset("tiny").embedded, height=240, width=320, min_frames=frames, max_frames=frames)
     video = render(params, "BouncingBall", 1, 1).astype(np.int16)
     texture = np.random.default_rng(0).integers(-24, 25, (240, 640, 3), dtype=np.int16)
     texture = (texture + np.roll(texture, 1, 0) + np.roll(texture, 1, 1)) // 2  # some spatial correlation

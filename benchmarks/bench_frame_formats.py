@@ -14,6 +14,7 @@ embedded dataset (flat shapes, easy to compress).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ from torchvision.io import decode_jpeg, decode_png, encode_jpeg, encode_png
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_extract import ucf_like_video
 
-from larp.config import EmbeddedParams
+from larp.config import preset
 from larp.data.embedded import render, write_video
 from larp.data.extract import extract_frames
 
@@ -107,7 +108,7 @@ def reads_per_second(store, total: int, reads: int, length: int = 16) -> float:
 def contents(tmp: Path) -> dict[str, np.ndarray]:
     ucf = tmp / "ucf_like.avi"
     ucf_like_video(ucf, 300)
-    emb = EmbeddedParams(height=240, width=320, min_frames=300, max_frames=300)
+    emb = dataclasses.replace(preset("tiny").embedded, height=240, width=320, min_frames=300, max_frames=300)
     embedded = tmp / "embedded.avi"
     write_video(embedded, render(emb, "SpinningSquare", 1, 1), fps=25)
     return {"UCF-like": extract_frames(ucf, 128), "embedded": extract_frames(embedded, 128)}

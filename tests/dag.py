@@ -47,18 +47,25 @@ def dvc_stages(root: Path) -> dict[str, dict]:
             params = set()
             deps = set()
             for d in st.deps:
-                if type(d).__name__ == "ParamsDependency":
-                    params |= set(d.params)
+                if type(d).__name__ == "ParamsDependency":  # keys of a file other than params.yaml: <file>:<key>
+                    where = "" if d.def_path == "params.yaml" else f"{d.def_path}:"
+                    params |= {where + k for k in d.params}
                 else:
                     deps.add(d.def_path)
             cmd = st.cmd if isinstance(st.cmd, str) else " && ".join(st.cmd)
             out[st.name] = dict(cmd=" ".join(cmd.split()), deps=deps, outs={o.def_path for o in st.outs},
                                 params=params)
     # a dependency on a directory that holds other stages' outputs (fvd on data/samples/<ds>, the parent of
-    # every shard) stands for those outputs, which is how Snakemake lists them
+    # every shard) stands for those outputs, and a code folder for its Python files: how Snakemake lists them
     all_outs = {o for st in out.values() for o in st["outs"]}
+
+    def expand(d: str) -> set[str]:
+        if d.startswith("src/") and (root / d).is_dir():
+            return {str(f.relative_to(root)) for f in (root / d).rglob("*.py")}
+        return {o for o in all_outs if o.startswith(d + "/")} or {d}
+
     for st in out.values():
-        st["deps"] = {x for d in st["deps"] for x in ({o for o in all_outs if o.startswith(d + "/")} or {d})}
+        st["deps"] = {x for d in st["deps"] for x in expand(d)}
     return out
 
 

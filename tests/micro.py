@@ -8,7 +8,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from larp.config import EmbeddedParams, Params, apply_overrides, preset
+from dataclasses import replace
+
+from larp.config import Params, apply_overrides, preset
 from larp.data.embedded import generate_embedded
 from larp.data.extract import extract_dataset
 from larp.data.index import build_index, write_index
@@ -36,7 +38,7 @@ def micro_params(*layers: dict) -> Params:
 def make_frames(root: Path) -> Path:
     """3 classes x (3 train + 1 test) videos of 16-20 frames, extracted at 32 x 32; returns the frames dir."""
     raw, frames = root / "raw", root / "frames"
-    generate_embedded(raw, EmbeddedParams(num_classes=3, train_per_class=3, test_per_class=1, min_frames=16,
+    generate_embedded(raw, replace(preset("tiny").embedded, num_classes=3, train_per_class=3, test_per_class=1, min_frames=16,
                                           max_frames=20, height=32, width=40))
     write_index(build_index(raw, workers=1, progress=False), raw / "index.csv")
     extract_dataset(raw, frames, size=32, shard_videos=4, workers=1)

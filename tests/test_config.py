@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import typing
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from larp import config
 from larp.config import ParamsError, load_params, preset, read_params_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +189,85 @@ def test_every_float_field_goes_through_the_finite_check(tp):
 def test_yaml_syntax_error_is_one_line_with_file_line_column(tmp_path):
     msg = error_of(tmp_path, "dataset: embedded\nprior:\n  alpha: [0.1\n  n_rounds: 2\n")
     assert msg.startswith(f"{tmp_path / 'params.yaml'}: not valid YAML at line 4, column 11: ")
+
+
+# --------------------------------------------------------------------------------------------------
+# presets as data: src/larp/presets/<name>.yaml is the only place their values live
+
+
+def _param_dataclasses() -> list[type]:
+    seen, todo = [], [config.Params]
+    while todo:
+        cls = todo.pop()
+        if cls not in seen:
+            seen.append(cls)
+            todo += [tp for tp in typing.get_type_hints(cls).values() if dataclasses.is_dataclass(tp)]
+    return seen
+
+
+def test_dataclasses_have_no_defaults_to_drift_from_the_preset_files():
+    classes = _param_dataclasses()
+    assert len(classes) >= 15  # every group and sub-group
+    with_default = [f"{c.__name__}.{f.name}" for c in classes for f in dataclasses.fields(c)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    assert with_default == []
+
+
+def test_preset_files_ship_inside_the_package():
+    for name in config.PRESET_NAMES:
+        path = config.preset_path(name)
+        assert path == ROOT / "src" / "larp" / "presets" / f"{name}.yaml" and path.is_file()
+    # a regular (non-editable) install copies them: setuptools package data
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"presets/*.yaml"' in pyproject
+
+
+@pytest.fixture
+def edited_tiny(tmp_path, monkeypatch):
+    """``edit(fn)``: the presets read from a copy whose tiny.yaml groups ``fn`` changed."""
+    def edit(fn) -> None:
+        groups = yaml.safe_load(config.preset_path("tiny").read_text())
+        fn(groups)
+        (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(groups))
+        (tmp_path / "paper.yaml").write_text(config.preset_path("paper").read_text())
+        monkeypatch.setattr(config, "PRESETS_DIR", tmp_path)
+        config._preset_groups.cache_clear()
+
+    yield edit
+    config._preset_groups.cache_clear()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda g: g["sample"].pop("cfg_scale"), r"tiny\.yaml: sample\.cfg_scale: missing key"),
+    (lambda g: g.pop("fvd"), r"tiny\.yaml: fvd: missing key"),
+    (lambda g: g["sample"].update(cfg_scael=1.0), r"tiny\.yaml: sample\.cfg_scael: unknown key"),
+    (lambda g: g.update(sampel={}), r"tiny\.yaml: sampel: unknown key"),
+    (lambda g: g["train_ar"].update(max_steps="300"), r"tiny\.yaml: train_ar\.max_steps: must be an integer"),
+    (lambda g: g["sample"].update(dtype="fp8"), r"tiny\.yaml: sample\.dtype: must be one of"),
+    (lambda g: g["prior"].update(alpha=-1), r"tiny\.yaml: prior\.alpha: must be >= 0"),
+    (lambda g: g["generator"].update(seq_len=65), r"tiny\.yaml: generator\.seq_len: must equal tokenizer"),
+])
+def test_a_bad_preset_file_names_the_file_and_the_key(edited_tiny, edit, match):
+    edited_tiny(edit)
+    with pytest.raises(ParamsError, match=match):
+        preset("tiny")
+
+
+def test_a_preset_file_value_reaches_the_resolved_parameters(edited_tiny):
+    edited_tiny(lambda g: g["sample"].update(batch_size=3))  # a key params.yaml does not override
+    assert load_params(ROOT / "params.yaml", "embedded").sample.batch_size == 3
+
+
+@pytest.mark.parametrize("doc, match", [
+    ({"dataset": "embedded", "preset": "paper"}, r"preset: must be the preset of dataset='embedded'"),
+    ({"dataset": "ucf101", "datasets": ["k600", "ucf101"], "presets": {"ucf101": "paper", "k600": "tiny"},
+      "data": {"size": 128}, "tokenizer": {"size": 128}, "discriminator": {"size": 128}},
+     r"preset: every dataset `dvc repro` builds must use the preset 'paper'"),
+])
+def test_the_dvc_preset_key_is_checked(tmp_path, doc, match):
+    with pytest.raises(ParamsError, match=match):
+        read_params_file(write(tmp_path, doc))
+
+
+def test_the_dvc_preset_key_defaults_to_the_built_datasets():
+    assert read_params_file(ROOT / "params.yaml").preset == "tiny"

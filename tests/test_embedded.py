@@ -9,7 +9,9 @@ import av
 import numpy as np
 import pytest
 
-from larp.config import EmbeddedParams, ParamsError
+from dataclasses import replace
+
+from larp.config import ParamsError, preset
 from larp.data.embedded import CLASSES, class_names, generate_embedded, groups_layout
 from larp.data.extract import extract_frames
 from larp.files import sha256_file, sha256_tree
@@ -19,7 +21,7 @@ NAME = re.compile(r"^v_([A-Za-z]+)_g(\d\d)_c(\d\d)\.avi$")
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory) -> tuple[Path, EmbeddedParams]:
-    params = EmbeddedParams()  # 8 classes x (6 train + 2 test), 48x64, the preset used by the pipeline
+    params = preset("tiny").embedded  # 8 classes x (6 train + 2 test), 48x64, the preset used by the pipeline
     out = tmp_path_factory.mktemp("embedded")
     generate_embedded(out, params)
     return out, params
@@ -93,16 +95,16 @@ def test_build_index_runs_on_it(embedded):
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    small = EmbeddedParams(num_classes=2, train_per_class=2, test_per_class=2, min_frames=8, max_frames=10)
+    small = replace(preset("tiny").embedded, num_classes=2, train_per_class=2, test_per_class=2, min_frames=8, max_frames=10)
     generate_embedded(tmp_path / "a", small)
     generate_embedded(tmp_path / "b", small)
-    generate_embedded(tmp_path / "c", EmbeddedParams(**{**small.__dict__, "seed": 1}))
+    generate_embedded(tmp_path / "c", replace(small, seed=1))
     assert sha256_tree(tmp_path / "a") == sha256_tree(tmp_path / "b")
     a, c = sorted((tmp_path / "a").rglob("*.avi")), sorted((tmp_path / "c").rglob("*.avi"))
     assert [p.name for p in a] == [p.name for p in c]
     assert all(sha256_file(x) != sha256_file(y) for x, y in zip(a, c))
     # a video does not depend on how many classes there are (definition order picks the subset)
-    generate_embedded(tmp_path / "d", EmbeddedParams(**{**small.__dict__, "num_classes": 3}))
+    generate_embedded(tmp_path / "d", replace(small, num_classes=3))
     ball = "UCF-101/BouncingBall/v_BouncingBall_g01_c01.avi"
     assert sha256_file(tmp_path / "a" / ball) == sha256_file(tmp_path / "d" / ball)
 
@@ -139,8 +141,8 @@ def test_groups_layout():
 
 def test_bad_params_fail_early(tmp_path):
     with pytest.raises(ParamsError, match="embedded.num_classes"):
-        generate_embedded(tmp_path, EmbeddedParams(num_classes=13))
+        generate_embedded(tmp_path, replace(preset("tiny").embedded, num_classes=13))
     with pytest.raises(ParamsError, match="embedded.height"):
-        generate_embedded(tmp_path, EmbeddedParams(height=47))
+        generate_embedded(tmp_path, replace(preset("tiny").embedded, height=47))
     with pytest.raises(ValueError, match="num_classes"):
         class_names(len(CLASSES) + 1)

@@ -8,7 +8,6 @@ sets are 3 clips and the rFVD 2 videos.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -25,7 +24,7 @@ from larp.data.clips import ClipDataset
 from larp.data.frames import FrameStore
 from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video
 from larp.eval.protocols import clips_hash, held_out_clips, rfvd_clips
-from larp.evaluate import gfvd, gfvd_clips, rfvd, sample_shard
+from larp.evaluate import fvd_real, gfvd, gfvd_clips, rfvd, sample_shard
 from larp.files import sha256_file
 from larp.tokenize import tokenize_dataset
 from larp.train.generator import train_generator
@@ -131,8 +130,8 @@ def test_more_shards_than_samples_is_a_clear_error(setup: dict, tmp_path: Path) 
 # ---- gFVD ----
 
 
-def test_gfvd_result_provenance_report_and_feature_cache(setup: dict, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gfvd_result_provenance_and_real_features(setup: dict, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     params = setup["params"]
     calls: list[str] = []
     compute = evaluate.compute_features
@@ -142,8 +141,8 @@ def test_gfvd_result_provenance_report_and_feature_cache(setup: dict, tmp_path: 
         return compute(detector, videos, **kw)
 
     monkeypatch.setattr(evaluate, "compute_features", counting)
-    out, cache = tmp_path / "results" / "fvd.json", tmp_path / "cache"
-    r = gfvd("embedded", setup["frames"], setup["samples"], out, params, cache_dir=cache, progress=False)
+    out = tmp_path / "results" / "fvd.json"
+    r = gfvd("embedded", setup["frames"], setup["samples"], out, params, progress=False)
     assert len(calls) == 4  # the real clips once, the held-out clips (class probe) once, each of the 2 shards once
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
     # the class probe: fitted on the real clips' features, scored on the samples and the held-out clips
@@ -175,24 +174,32 @@ def test_gfvd_result_provenance_report_and_feature_cache(setup: dict, tmp_path: 
     assert prov["versions"]["torch"] and prov["versions"]["numpy"] == np.__version__
     assert r["wall_time_s"] > 0 and np.isfinite(r["nll_sampled"])
 
-    with open(out.parent / "fvd_report.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 1
-    assert rows[0]["fvd"] == f"{r['value']:.4f}" and rows[0]["detector"] == "i3d-random"
-    assert rows[0]["num_samples"] == "3" and rows[0]["comparable_to_papers"] == "False"
-    assert rows[0]["tokenizer"] == sha256_file(setup["tok"])[:12]
+    # the stage writes its declared output and nothing else, and a rerun gives the same result
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [Path("results"), Path("results/fvd.json")]
+    assert r["real_features"] is None
+    again = gfvd("embedded", setup["frames"], setup["samples"], out, params, progress=False)
+    assert again["value"] == r["value"] and sorted(tmp_path.rglob("*")) == [out.parent, out]
 
-    # a second evaluation reuses the cached real features: only the 2 generated shards are computed
-    cached = Path(r["real_features_cache"])
-    assert cached.parent == cache and cached.is_file()
-    mtime = cached.stat().st_mtime_ns
+    # `larp fvd-real` stores the real clips' features (the only file it writes); scoring with them computes
+    # only the 2 generated shards
+    real = tmp_path / "real" / "ucf.npz"
+    real.parent.mkdir()
     calls.clear()
-    r2 = gfvd("embedded", setup["frames"], setup["samples"], out, params, cache_dir=cache, progress=False)
-    assert len(calls) == 2 and cached.stat().st_mtime_ns == mtime
+    fvd_real(setup["frames"], real, params, progress=False)
+    assert len(calls) == 1 and [p.name for p in real.parent.iterdir()] == ["ucf.npz"]
+    calls.clear()
+    r2 = gfvd("embedded", setup["frames"], setup["samples"], out, params, real_features=real, progress=False)
+    assert len(calls) == 3 and r2["real_features"] == str(real)  # the 2 shards and the held-out clips
     assert r2["class_accuracy"] == r["class_accuracy"]
     assert r2["value"] == pytest.approx(r["value"], rel=1e-9)
-    with open(out.parent / "fvd_report.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 2  # one row per evaluation, header once
+
+    # features of other real clips (or data, detector) are refused, naming the file and what differs
+    with np.load(real) as f:
+        key = {**json.loads(str(f["key"])), "clips": "0" * 16}
+        np.savez(tmp_path / "other.npz", features=f["features"], key=np.str_(json.dumps(key)))
+    with pytest.raises(ParamsError, match=r"other\.npz: real features of other clips than this evaluation's"):
+        gfvd("embedded", setup["frames"], setup["samples"], out, params, real_features=tmp_path / "other.npz",
+             progress=False)
 
 
 def test_gfvd_refuses_a_missing_shard(setup: dict, tmp_path: Path) -> None:
@@ -200,7 +207,7 @@ def test_gfvd_refuses_a_missing_shard(setup: dict, tmp_path: Path) -> None:
     shutil.copytree(setup["samples"], samples)
     shutil.rmtree(samples / "shard-001")
     with pytest.raises(ValueError, match=r"found 1 shard directories, sample\.shards expects 2"):
-        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", setup["params"], cache_dir=tmp_path,
+        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", setup["params"],
              progress=False)
     assert not (tmp_path / "fvd.json").exists()
 
@@ -214,13 +221,13 @@ def test_gfvd_refuses_shards_of_another_protocol(setup: dict, tmp_path: Path) ->
     shutil.rmtree(samples / "shard-001")
     sample_shard(setup["frames"], setup["tok"], setup["ar"], 1, samples / "shard-001", other, progress=False)
     with pytest.raises(ValueError, match="another protocol"):
-        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", setup["params"], cache_dir=tmp_path,
+        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", setup["params"],
              progress=False)
     # and shards whose indices do not tile 0..n-1 (e.g. sampled with another num_clips)
     more = tiny(fvd={"num_clips": 5})
     sample_shard(setup["frames"], setup["tok"], setup["ar"], 1, samples / "shard-001", more, progress=False)
     with pytest.raises(ValueError, match=r"not exactly indices 0\.\.2"):
-        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", setup["params"], cache_dir=tmp_path,
+        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", setup["params"],
              progress=False)
 
 
@@ -231,7 +238,7 @@ def test_gfvd_refuses_shards_of_other_checkpoints_or_sampling_settings(setup: di
     hotter = tiny(sample={"cfg_scale": 2.0})
     sample_shard(setup["frames"], setup["tok"], setup["ar"], 1, samples / "shard-001", hotter, progress=False)
     with pytest.raises(ValueError, match=r"shard-001: sampled with other sample params \['cfg_scale'\]"):
-        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", params, cache_dir=tmp_path,
+        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", params,
              progress=False)
     # the sample batch size does not change the samples, so it is no reason to refuse
     bigger = tiny(sample={"batch_size": 7})
@@ -244,7 +251,7 @@ def test_gfvd_refuses_shards_of_other_checkpoints_or_sampling_settings(setup: di
                     run_root=tmp_path / "runs", progress=False)
     sample_shard(setup["frames"], setup["tok"], other_ar, 1, samples / "shard-001", params, progress=False)
     with pytest.raises(ValueError, match="shard-001: sampled from other checkpoints"):
-        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", params, cache_dir=tmp_path,
+        gfvd("embedded", setup["frames"], samples, tmp_path / "fvd.json", params,
              progress=False)
     assert not (tmp_path / "fvd.json").exists()
 

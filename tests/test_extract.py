@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,14 @@ import torch
 from torchvision import transforms as T
 
 import larp.data.extract as ex
-from larp.config import EmbeddedParams
+from larp.config import preset
 from larp.data.embedded import generate_embedded, render, write_video
 from larp.data.extract import VideoDecodeError, decode_frames, extract_dataset, extract_frames
 from larp.data.frames import FrameStore
 from larp.data.index import build_index, write_index
 from larp.files import sha256_file, sha256_tree
 
-SMALL = EmbeddedParams(num_classes=3, train_per_class=2, test_per_class=2, min_frames=8, max_frames=14)
+SMALL = replace(preset("tiny").embedded, num_classes=3, train_per_class=2, test_per_class=2, min_frames=8, max_frames=14)
 
 
 def reference(frames: np.ndarray, size: int) -> np.ndarray:
@@ -37,7 +38,7 @@ def reference(frames: np.ndarray, size: int) -> np.ndarray:
 @pytest.mark.parametrize("hw,size", [((240, 320), 128), ((320, 240), 128), ((48, 64), 32)])
 def test_extract_frames_matches_torchvision(tmp_path, hw, size):
     h, w = hw
-    params = EmbeddedParams(height=h, width=w, min_frames=12, max_frames=12)
+    params = replace(preset("tiny").embedded, height=h, width=w, min_frames=12, max_frames=12)
     path = tmp_path / "v.avi"
     write_video(path, render(params, "SpinningSquare", 1, 1), fps=25)
     got = extract_frames(path, size)

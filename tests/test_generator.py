@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from larp.config import GeneratorConfig
+from larp.config import preset
 from larp.models.generator import ClassEmbedder, LARPGenerator, preset_config
 
 
@@ -43,7 +43,7 @@ def official_ar_shapes(depth: int = 30, w: int = 1280, hidden: int = 3584) -> di
 def test_paper_preset_parameter_count_and_official_state_dict():
     with torch.device("meta"):  # 632M parameters without allocating them
         model = LARPGenerator.from_preset("llama-abs-LP")
-    assert model.cfg == GeneratorConfig() and model.cfg.ffn_hidden == 3584
+    assert model.cfg == preset("paper").generator and model.cfg.ffn_hidden == 3584
     n = model.num_params()
     assert abs(n / 1e6 - 631.98) <= 0.01
     assert n == 631_975_680  # the official count of the `ar` section

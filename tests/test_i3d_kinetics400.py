@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from larp.config import EmbeddedParams
+from larp.config import preset
 from larp.data.embedded import render, write_video
 from larp.data.extract import extract_frames
 from larp.eval import i3d_kinetics400 as k400
@@ -161,7 +161,7 @@ def _flax_logits(sdist, tmp_path, inputs: dict[str, np.ndarray]) -> dict[str, np
 def _embedded_clips(tmp_path, size: int) -> torch.Tensor:
     """Two real encoded videos of the embedded dataset (MPEG-4 AVI), extracted as the pipeline does at
     ``size``², first 16 frames: float (2, 3, 16, size, size) in [0, 1]."""
-    params = EmbeddedParams()
+    params = preset("tiny").embedded
     clips = []
     for name, group in (("BouncingBall", 1), ("SpinningSquare", 2)):
         path = tmp_path / f"{name}.avi"

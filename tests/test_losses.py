@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from larp.config import LossParams, PriorParams
+from dataclasses import replace
+
+from larp.config import preset
 from larp.losses import (
     LPIPS,
     LPIPS_VGG_HEADS,
@@ -23,6 +25,8 @@ from larp.losses import (
 )
 from larp.models import Discriminator, LARPTokenizer
 from larp.weights import WeightsUnavailable
+
+PAPER = preset("paper")
 
 # --------------------------------------------------------------------------------------------------
 # LPIPS
@@ -167,7 +171,7 @@ def parts():
 
 def test_generator_loss_composition_and_frozen_discriminator(parts):
     tok, disc, x = parts
-    params, prior = LossParams(perceptual_weight=0.0), PriorParams()
+    params, prior = replace(PAPER.loss, perceptual_weight=0.0), PAPER.prior
     loss = TokenizerLoss(params, prior)
     assert loss.lpips is None  # no perceptual term -> no weights needed
     out = tok(x, step=1, max_steps=10, generator=torch.Generator().manual_seed(0))
@@ -188,7 +192,7 @@ def test_generator_loss_composition_and_frozen_discriminator(parts):
 
 def test_generator_loss_with_perceptual_term(parts, lpips):
     tok, disc, x = parts
-    loss = TokenizerLoss(LossParams(), PriorParams(alpha=0.0), lpips=lpips)
+    loss = TokenizerLoss(PAPER.loss, replace(PAPER.prior, alpha=0.0), lpips=lpips)
     out = tok(x, step=0, max_steps=10)
     g = loss.generator_loss(x, out, None, step=0, epoch=0)
     assert g.perceptual.item() > 0 and not g.gan_active
@@ -205,8 +209,8 @@ def test_discriminator_loss_and_lecam_weight_switch(parts):
     results = {}
     for twice in (True, False):
         loss = TokenizerLoss(
-            LossParams(perceptual_weight=0.0, lecam_weight_applied_twice=twice, label_noise=0.0),
-            PriorParams(),
+            replace(PAPER.loss, perceptual_weight=0.0, lecam_weight_applied_twice=twice, label_noise=0.0),
+            PAPER.prior,
         )
         d = loss.discriminator_loss(x, recon, disc)
         w = 0.001**2 if twice else 0.001
@@ -221,9 +225,9 @@ def test_discriminator_loss_and_lecam_weight_switch(parts):
 
 
 def test_gan_start_and_update_schedule():
-    quirk = TokenizerLoss(LossParams(perceptual_weight=0.0, disc_start=2), PriorParams())
+    quirk = TokenizerLoss(replace(PAPER.loss, perceptual_weight=0.0, disc_start=2), PAPER.prior)
     fixed = TokenizerLoss(
-        LossParams(perceptual_weight=0.0, disc_start=2, gan_start_compares_epoch=False), PriorParams()
+        replace(PAPER.loss, perceptual_weight=0.0, disc_start=2, gan_start_compares_epoch=False), PAPER.prior
     )
     assert not quirk.gan_active(step=10, epoch=0)  # [quirk] the threshold is compared with the epoch
     assert quirk.gan_active(step=10, epoch=2)
@@ -234,6 +238,6 @@ def test_gan_start_and_update_schedule():
         True, False, False, False, False, True, False]
     assert not any(quirk.update_discriminator_now(step=s, epoch=1) for s in range(7))
     assert fixed.update_discriminator_now(step=5, epoch=0) and not fixed.update_discriminator_now(step=0, epoch=9)
-    own = TokenizerLoss(LossParams(perceptual_weight=0.0, disc_start=2, disc_self_start=1), PriorParams())
+    own = TokenizerLoss(replace(PAPER.loss, perceptual_weight=0.0, disc_start=2, disc_self_start=1), PAPER.prior)
     assert own.update_discriminator_now(step=0, epoch=1) and not own.update_discriminator_now(step=0, epoch=0)
     assert not own.gan_active(step=0, epoch=1)  # the generator's adversarial term still waits for disc_start

@@ -20,9 +20,11 @@ from dag import copy_project
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-ALL_STAGES = {"download@embedded", "extract@embedded", "train_tokenizer", "tokenize", "train_ar", "sample@0", "sample@1", "fvd",
-              "rfvd", "tokenize_fp", "train_ar_fp", "sample_fp@0", "sample_fp@1", "fvd_fp"}
-AFTER_TOKENIZER = ALL_STAGES - {"download@embedded", "extract@embedded"}
+ALL_STAGES = {"download@embedded", "extract@embedded", "train_tokenizer", "tokenize", "train_ar", "sample@0", "sample@1",
+              "fvd_real", "fvd", "rfvd", "tokenize_fp", "train_ar_fp", "sample_fp@0", "sample_fp@1", "fvd_real_fp",
+              "fvd_fp"}
+# the real clips' features depend on the frames and the protocol only
+AFTER_TOKENIZER = ALL_STAGES - {"download@embedded", "extract@embedded", "fvd_real", "fvd_real_fp"}
 
 FAST = {  # smaller counts, same code
     "embedded": {"num_classes": 4, "train_per_class": 2, "test_per_class": 1, "min_frames": 20, "max_frames": 32},

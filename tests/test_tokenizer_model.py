@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from larp.config import PriorParams
+from dataclasses import replace
+
+from larp.config import preset
 from larp.models import Discriminator, LARPTokenizer
 from larp.models.layers import PatchEmbed3D, sincos_1d, sincos_2d, sincos_3d
 
@@ -169,7 +171,7 @@ def test_stochastic_forward_samples_with_generator(tiny):
 def test_no_prior_when_disabled():
     tok = LARPTokenizer.from_preset("tiny", use_prior=False)
     assert tok.prior is None and not any(k.startswith("prior") for k in tok.state_dict())
-    tok2 = LARPTokenizer.from_preset("tiny", prior=PriorParams(alpha=0.0))
+    tok2 = LARPTokenizer.from_preset("tiny", prior=replace(preset("tiny").prior, alpha=0.0))
     assert tok2.prior is None
     assert tok.num_params() == tok.num_params(include_prior=True)
     out = tok.train()(video())

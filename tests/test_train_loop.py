@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from larp.config import TrainParams
+from larp.config import TrainParams, preset
 from larp.files import atomic_write_text, sha256_file
 from larp.train import (
     PREEMPTED_EXIT_CODE,
@@ -132,7 +132,8 @@ class ToyGAN:
         torch.save(self.modules["g"](noise), directory / f"step-{step}.pt")
 
 
-PARAMS = TrainParams(
+PARAMS = replace(
+    preset("tiny").train_tokenizer,
     epochs=2,
     max_steps=None,
     warmup_epochs=1.0,

@@ -91,10 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="shard directory, e.g. data/samples/ucf101/shard-0")
     p.add_argument("--fp", action="store_true", help="the frame-prediction variant (LARP-AR-FP)")
 
+    p = sub.add_parser("fvd-real", help="detector features of the FVD protocol's real clips (for `larp fvd --real`)")
+    _common(p)
+    p.add_argument("--frames", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="features file (.npz), e.g. data/fvd_real/ucf101.npz")
+    p.add_argument("--fp", action="store_true", help="the frame-prediction protocol (FP-FVD)")
+
     p = sub.add_parser("fvd", help="gFVD of the sample shards against the protocol's real clips")
     _common(p)
     p.add_argument("--frames", type=Path, required=True)
     p.add_argument("--samples", type=Path, required=True, help="directory holding shard-*/")
+    p.add_argument("--real", type=Path, default=None,
+                   help="real-clip features of `larp fvd-real` (default: computed here, not stored)")
     p.add_argument("--out", type=Path, required=True, help="result JSON, e.g. results/fvd_ucf101.json")
     p.add_argument("--fp", action="store_true", help="the frame-prediction variant (LARP-AR-FP)")
 
@@ -118,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 _TRAINING_COMMANDS = ("train-tokenizer", "train-ar")  # resumable: a preempted one exits 75 to be resubmitted
 
 _RESOURCE_OF = {"download": "download", "extract": "extract", "train-tokenizer": "train_tokenizer",
-                "tokenize": "tokenize", "train-ar": "train_ar", "sample": "sample", "fvd": "fvd", "rfvd": "fvd"}
+                "tokenize": "tokenize", "train-ar": "train_ar", "sample": "sample", "fvd-real": "fvd", "fvd": "fvd",
+                "rfvd": "fvd"}
 
 
 def _limit_threads(command: str, params, fp: bool = False) -> None:
@@ -256,7 +265,9 @@ def _run(args: argparse.Namespace, pf, dataset: str | None, params) -> int:
     elif args.command == "sample":
         stages.sample(args.dataset, args.frames, args.tokenizer, args.ar, args.shard, args.out, params, fp=args.fp)
     elif args.command == "fvd":
-        stages.fvd(args.dataset, args.frames, args.samples, args.out, params, fp=args.fp)
+        stages.fvd(args.dataset, args.frames, args.samples, args.out, params, fp=args.fp, real=args.real)
+    elif args.command == "fvd-real":
+        stages.fvd_real(args.dataset, args.frames, args.out, params, fp=args.fp)
     elif args.command == "rfvd":
         stages.rfvd(args.dataset, args.frames, args.tokenizer, args.out, params)
     elif args.command == "import-weights":

@@ -2,28 +2,30 @@
 
 Resolution of the parameters a stage runs with, for one dataset:
 
-    preset (``paper`` or ``tiny``, chosen per dataset in params.yaml ``presets:``)
+    preset file src/larp/presets/<paper|tiny>.yaml (chosen per dataset in params.yaml ``presets:``)
       <- top-level groups of params.yaml (``prior: {alpha: 0.1}`` overrides the preset's value)
 
-Every key is checked against the dataclasses: an unknown key, a value of the wrong type or an
-out-of-range value raises :class:`ParamsError` naming the dotted key, before any work starts.
+The preset files are the only place values live: the dataclasses declare keys and types and check ranges,
+with no defaults, and a preset must list every key. An unknown or missing key, a value of the wrong type or an
+out-of-range value raises :class:`ParamsError` naming the file and the dotted key, before any work starts.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 DATASETS = ("embedded", "ucf101", "k600")
-PRESET_NAMES = ("paper", "tiny")
+PRESET_NAMES = ("paper", "tiny")  # src/larp/presets/<name>.yaml
 
 
 class ParamsError(ValueError):
@@ -41,14 +43,14 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 @dataclass
 class DataParams:
-    size: int = 128  # frames are resized (short side, antialias) + centre-cropped to size x size
-    frames: int = 16  # clip length fed to the models
-    shard_videos: int = 256  # videos per frame shard (DVC then tracks tens of files, not thousands)
-    workers: int = 2  # extraction processes
-    split: int = 1  # official split whose train/test lists the stages use
+    size: int  # frames are resized (short side, antialias) + centre-cropped to size x size
+    frames: int  # clip length fed to the models
+    shard_videos: int  # videos per frame shard (DVC then tracks tens of files, not thousands)
+    workers: int  # extraction processes
+    split: int  # official split whose train/test lists the stages use
     # datasets whose training videos the tokenizer learns from, concatenated (labels unused); empty = the
     # dataset being built alone. Paper: K600-train + UCF-101-train, as the released tokenizer (LARP_SPEC 3)
-    tokenizer_datasets: tuple[str, ...] = ("k600", "ucf101")
+    tokenizer_datasets: tuple[str, ...]
 
     def validate(self) -> None:
         bad = [d for d in self.tokenizer_datasets if d not in DATASETS]
@@ -70,11 +72,11 @@ class FrameStorage:
     ~7x smaller but lossy; the default for Kinetics-600, whose raw frames would take ~5 TB.
     """
 
-    frame_format: Literal["raw", "jpeg"] = "raw"
-    jpeg_quality: int = 95
+    frame_format: Literal["raw", "jpeg"]
+    jpeg_quality: int
     # source videos with larger frames are skipped (and reported) before any frame is decoded: decoding
-    # costs memory in proportion (16000 x 16000 took ~5 GB). Default: 4K UHD passes. null = no limit
-    max_pixels: int | None = 3840 * 2160
+    # costs memory in proportion (16000 x 16000 took ~5 GB). null = no limit
+    max_pixels: int | None
 
     def validate(self, group: str = "storage") -> None:
         _check(1 <= self.jpeg_quality <= 100, f"{group}.jpeg_quality", f"must be in [1, 100], got {self.jpeg_quality}")
@@ -87,9 +89,9 @@ class StorageParams:
     """Frame storage per dataset: a group of its own, so that the download stages (which track the dataset
     groups) do not rerun when only the storage changes, and extraction tracks only this."""
 
-    embedded: FrameStorage = field(default_factory=FrameStorage)
-    ucf101: FrameStorage = field(default_factory=FrameStorage)
-    k600: FrameStorage = field(default_factory=lambda: FrameStorage(frame_format="jpeg"))  # ~0.7 TB, not ~5 TB
+    embedded: FrameStorage
+    ucf101: FrameStorage
+    k600: FrameStorage
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -98,7 +100,7 @@ class StorageParams:
 
 @dataclass
 class UCF101Params:
-    source: Literal["official", "mirror"] = "official"  # official RAR + split zip, or the zip mirror
+    source: Literal["official", "mirror"]  # official RAR + split zip, or the zip mirror
 
     def validate(self) -> None:
         pass  # the Literal type is checked on load
@@ -108,10 +110,10 @@ class UCF101Params:
 class K600Params:
     """Kinetics-600 from the CVDF mirror's published part lists (see larp.data.k600)."""
 
-    splits: tuple[str, ...] = ("train", "val")
-    workers: int = 4  # parts downloaded and extracted at once
-    max_bad_fraction: float = 0.01  # missing / truncated / undecodable clips tolerated before the stage fails
-    keep_archives: bool = True
+    splits: tuple[str, ...]
+    workers: int  # parts downloaded and extracted at once
+    max_bad_fraction: float  # missing / truncated / undecodable clips tolerated before the stage fails
+    keep_archives: bool
 
     def validate(self) -> None:
         _check(len(self.splits) >= 1 and set(self.splits) <= {"train", "val"}, "k600.splits",
@@ -124,15 +126,15 @@ class K600Params:
 class EmbeddedParams:
     """The self-generated dataset: shapes and textures moving in class-specific ways."""
 
-    num_classes: int = 8
-    train_per_class: int = 6
-    test_per_class: int = 2
-    min_frames: int = 20
-    max_frames: int = 32
-    height: int = 48  # deliberately not square: exercises resize + centre crop
-    width: int = 64
-    fps: int = 25
-    seed: int = 0
+    num_classes: int
+    train_per_class: int
+    test_per_class: int
+    min_frames: int
+    max_frames: int
+    height: int  # deliberately not square: exercises resize + centre crop
+    width: int
+    fps: int
+    seed: int
 
     def validate(self) -> None:
         _check(2 <= self.num_classes <= 12, "embedded.num_classes", "must be in [2, 12]")
@@ -150,39 +152,39 @@ class EmbeddedParams:
 
 @dataclass
 class TokenizerConfig:
-    """LARP tokenizer architecture (defaults = LARP-L-Long, LARP_SPEC.md section 1)."""
+    """LARP tokenizer architecture (paper preset: LARP-L-Long)."""
 
-    frames: int = 16
-    size: int = 128
-    channels: int = 3
-    patch_t: int = 4
-    patch_hw: int = 8
-    width: int = 768
-    depth: int = 12  # encoder and decoder each
-    heads: int = 12
-    mlp_ratio: float = 4.0
+    frames: int
+    size: int
+    channels: int
+    patch_t: int
+    patch_hw: int
+    width: int
+    depth: int  # encoder and decoder each
+    heads: int
+    mlp_ratio: float
     # eps of the ViT blocks' LayerNorms. The official blocks are timm's `Block` with its default norm, which
     # was torch's nn.LayerNorm (eps 1e-5) up to timm 1.0.15 and timm's own LayerNorm (eps 1e-6) from 1.0.16
     # on; the official requirements do not pin timm and the released models date from 2024, so 1e-5
-    norm_eps: float = 1e-5
-    num_tokens: int = 1024  # holistic queries = tokens per clip
-    code_dim: int = 16
-    codebook_size: int = 8192
-    svq_temperature: float = 0.03  # tau of softmax(cos / tau)
-    query_init_std: float = 0.02
+    norm_eps: float
+    num_tokens: int  # holistic queries = tokens per clip
+    code_dim: int
+    codebook_size: int
+    svq_temperature: float  # tau of softmax(cos / tau)
+    query_init_std: float
     # the training-time AR prior (gptc-S)
-    use_prior: bool = True
-    prior_depth: int = 12
-    prior_width: int = 384
-    prior_heads: int = 6
-    prior_dropout: float = 0.1
+    use_prior: bool
+    prior_depth: int
+    prior_width: int
+    prior_heads: int
+    prior_dropout: float
     # rows of the prior's position table: official GPTC always builds max_seq_len = 1024, whatever the token
     # count (rows past num_tokens are unused); so weights of any released/official size import
-    prior_max_len: int = 1024
+    prior_max_len: int
     # [quirk] official GPTC applies attention dropout even in eval mode; False = the usual behaviour
-    prior_attn_dropout_in_eval: bool = True
+    prior_attn_dropout_in_eval: bool
     # [quirk] official init overwrites GPTC's N(0, .02) with the tokenizer's xavier init; False keeps N(0, .02)
-    prior_xavier_init: bool = True
+    prior_xavier_init: bool
 
     def validate(self) -> None:
         _check(self.frames % self.patch_t == 0, "tokenizer.frames", "must be a multiple of tokenizer.patch_t")
@@ -207,16 +209,16 @@ class TokenizerConfig:
 class DiscriminatorConfig:
     """Transformer discriminator (reproduce scripts: 512 wide, 8 heads, 12 layers)."""
 
-    frames: int = 16
-    size: int = 128
-    channels: int = 3
-    patch_t: int = 4
-    patch_hw: int = 8
-    width: int = 512
-    depth: int = 12
-    heads: int = 8
-    mlp_ratio: float = 4.0
-    norm_eps: float = 1e-5  # the ViT blocks' LayerNorm eps: timm's default, as tokenizer.norm_eps
+    frames: int
+    size: int
+    channels: int
+    patch_t: int
+    patch_hw: int
+    width: int
+    depth: int
+    heads: int
+    mlp_ratio: float
+    norm_eps: float  # the ViT blocks' LayerNorm eps: timm's default, as tokenizer.norm_eps
 
     def validate(self) -> None:
         _check(self.width % self.heads == 0, "discriminator.width", "must be divisible by discriminator.heads")
@@ -229,23 +231,23 @@ class DiscriminatorConfig:
 class GeneratorConfig:
     """Llama-style AR generator with learned absolute positions (paper preset: llama-abs-LP)."""
 
-    depth: int = 30
-    width: int = 1280
-    heads: int = 20
-    ffn_multiple_of: int = 256  # SwiGLU hidden = round_up(int(2 * 4 * width / 3), multiple_of) = 3584
-    vocab_size: int = 8192
-    seq_len: int = 1024  # tokens per clip
-    num_classes: int = 101  # + 1 null class for classifier-free guidance
-    token_dropout: float = 0.1
-    class_dropout: float = 0.1
-    resid_dropout: float = 0.1
-    ffn_dropout: float = 0.1
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
+    depth: int
+    width: int
+    heads: int
+    ffn_multiple_of: int  # SwiGLU hidden = round_up(int(2 * 4 * width / 3), multiple_of)
+    vocab_size: int
+    seq_len: int  # tokens per clip
+    num_classes: int  # + 1 null class for classifier-free guidance
+    token_dropout: float
+    class_dropout: float
+    resid_dropout: float
+    ffn_dropout: float
+    norm_eps: float
+    init_std: float
     # frame-prediction variant (LARP_SPEC.md 4.4): the condition is the tokens of the first `cond_frames`
     # frames repeat-padded to the clip length, + a SEP token (id vocab_size); no class embedding, no CFG
-    frame_prediction: bool = False
-    cond_frames: int = 5
+    frame_prediction: bool
+    cond_frames: int
 
     def validate(self) -> None:
         _check(self.cond_frames >= 1, "generator.cond_frames", f"must be >= 1, got {self.cond_frames}")
@@ -272,11 +274,11 @@ class GeneratorConfig:
 class PriorParams:
     """How the AR prior enters the tokenizer loss (LARP_SPEC.md section 2)."""
 
-    alpha: float = 0.06  # weight of the prior CE; 0 disables the prior (no module, no compute)
-    n_rounds: int = 2
-    ss_max_ratio: float = 0.5  # scheduled sampling: replacement probability reached...
-    ss_peak_steps_ratio: float = 0.3  # ...after this fraction of all training steps
-    ce_temperature: float = 1.0
+    alpha: float  # weight of the prior CE; 0 disables the prior (no module, no compute)
+    n_rounds: int
+    ss_max_ratio: float  # scheduled sampling: replacement probability reached...
+    ss_peak_steps_ratio: float  # ...after this fraction of all training steps
+    ce_temperature: float
 
     def validate(self) -> None:
         _check(self.alpha >= 0, "prior.alpha", f"must be >= 0, got {self.alpha}")
@@ -290,22 +292,22 @@ class PriorParams:
 class LossParams:
     """Tokenizer objective (LARP_SPEC.md section 3)."""
 
-    l1_weight: float = 1.0
-    perceptual_weight: float = 1.0  # LPIPS-VGG; 0 = no LPIPS (no weights download)
-    gan_weight: float = 0.3
-    vq_weight: float = 0.1
-    commit_weight: float = 0.25
-    codebook_weight: float = 1.0
-    lecam_weight: float = 0.001
-    lecam_ema_decay: float = 0.999
-    d_update_every: int = 5
-    disc_start: int = 0  # the generator's adversarial term starts here
-    disc_self_start: int = -1  # the discriminator's own updates start here; < 0 = at disc_start (official)
-    label_noise: float = 0.15  # ns_smooth: |N(0,1)| * 0.15, clamped to [0.7, 1] / [0, 0.3]
+    l1_weight: float
+    perceptual_weight: float  # LPIPS-VGG; 0 = no LPIPS (no weights download)
+    gan_weight: float
+    vq_weight: float
+    commit_weight: float
+    codebook_weight: float
+    lecam_weight: float
+    lecam_ema_decay: float
+    d_update_every: int
+    disc_start: int  # the generator's adversarial term starts here
+    disc_self_start: int  # the discriminator's own updates start here; < 0 = at disc_start (official)
+    label_noise: float  # ns_smooth: |N(0,1)| * 0.15, clamped to [0.7, 1] / [0, 0.3]
     # [quirk] the official loss multiplies LeCam by its weight twice (effective 1e-6)
-    lecam_weight_applied_twice: bool = True
+    lecam_weight_applied_twice: bool
     # [quirk] disc_start and disc_self_start are compared with the epoch, not the step
-    gan_start_compares_epoch: bool = True
+    gan_start_compares_epoch: bool
 
     def validate(self) -> None:
         for k in ("l1_weight", "perceptual_weight", "gan_weight", "vq_weight", "lecam_weight"):
@@ -318,28 +320,28 @@ class LossParams:
 class TrainParams:
     """One training run: the shared loop (tokenizer and AR generator both use it)."""
 
-    epochs: int = 150
-    max_steps: int | None = None  # None: epochs x steps per epoch
-    warmup_epochs: float = 8.0
-    lr: float = 1e-4
-    d_lr: float = 3e-5  # discriminator (tokenizer only)
-    betas: tuple[float, float] = (0.5, 0.9)
-    weight_decay: float = 0.0
-    min_lr_mult: float = 0.01
-    global_batch: int = 128
-    micro_batch: int = 16  # per device and step; accumulation makes up the global batch
-    amp: Literal["fp16", "bf16", "none"] = "fp16"
-    compile: bool = True
-    seed: int = 66667
-    num_workers: int = 8
-    checkpoint_every: int = 1000  # steps
-    log_every: int = 10
-    sample_every: int | None = 5000  # steps between sample videos; None = never
+    epochs: int
+    max_steps: int | None  # None: epochs x steps per epoch
+    warmup_epochs: float
+    lr: float
+    d_lr: float  # discriminator (tokenizer only)
+    betas: tuple[float, float]
+    weight_decay: float
+    min_lr_mult: float
+    global_batch: int
+    micro_batch: int  # per device and step; accumulation makes up the global batch
+    amp: Literal["fp16", "bf16", "none"]
+    compile: bool
+    seed: int
+    num_workers: int
+    checkpoint_every: int  # steps
+    log_every: int
+    sample_every: int | None  # steps between sample videos; None = never
     # [quirk] the official scheduler overwrites every param group's lr, so prior_lr_mult = 50 has no effect
-    prior_lr_mult: float = 50.0
-    honor_prior_lr_mult: bool = False
+    prior_lr_mult: float
+    honor_prior_lr_mult: bool
     # [quirk] tokenizer validation uses stochastic SVQ in the official trainer
-    stochastic_validation: bool = True
+    stochastic_validation: bool
 
     def validate(self, group: str = "train") -> None:
         _check(self.epochs >= 1, f"{group}.epochs", "must be >= 1")
@@ -360,10 +362,10 @@ class TrainParams:
 
 @dataclass
 class TokenizeParams:
-    clip_stride: int = 8  # start offsets of the pre-tokenized clips (frames)
-    flips: bool = True  # also store the horizontally flipped clips
-    batch_size: int = 32
-    shard_clips: int = 4096
+    clip_stride: int  # start offsets of the pre-tokenized clips (frames)
+    flips: bool  # also store the horizontally flipped clips
+    batch_size: int
+    shard_clips: int
 
     def validate(self) -> None:
         _check(self.clip_stride >= 1, "tokenize.clip_stride", "must be >= 1")
@@ -373,24 +375,24 @@ class TokenizeParams:
 
 @dataclass
 class SampleParams:
-    cfg_scale: float = 1.25
-    temperature: float = 1.0
-    top_k: int | None = None  # None = off
-    top_p: float | None = None  # None = off
-    batch_size: int = 64
-    shards: tuple[int, ...] = tuple(range(20))  # sampling jobs the workflow fans out to: 0, 1, ..., S-1
-    seed: int = 0
-    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"  # on GPUs; CPU sampling runs in fp32
+    cfg_scale: float
+    temperature: float
+    top_k: int | None  # None = off
+    top_p: float | None  # None = off
+    batch_size: int
+    shards: tuple[int, ...]  # sampling jobs the workflow fans out to: 0, 1, ..., S-1
+    seed: int
+    dtype: Literal["bf16", "fp16", "fp32"]
     # as the official sampler on GPUs: the AR weights cast to `dtype` (residual stream and guidance mix in it), the
     # tokenizer's to fp16 for decoding (fp32 for frame prediction); false: fp32 weights under autocast
-    cast_weights: bool = True
+    cast_weights: bool
     # frame prediction: the condition clip's tokens are drawn by stochastic SVQ (tokenizer.svq_temperature), as the
     # official evaluation of the released FP model (its tokenizer stays in eval mode without deterministic SVQ);
     # "argmax": the deterministic tokens the FP generator was trained on. Seeded per sample.
-    fp_condition_svq: Literal["sampled", "argmax"] = "sampled"
+    fp_condition_svq: Literal["sampled", "argmax"]
     # decode step: eager; static (fixed shapes); compiled (static under torch.compile, CUDA graphs on a GPU:
     # the same samples, tested on CPU; its GPU speed is not measured yet, so eager stays the default)
-    decode: Literal["eager", "static", "compiled"] = "eager"
+    decode: Literal["eager", "static", "compiled"]
 
     def validate(self) -> None:
         _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")
@@ -404,17 +406,17 @@ class SampleParams:
 
 @dataclass
 class FVDParams:
-    detector: Literal["i3d-torchscript", "i3d-kinetics400", "i3d-pretrained-400", "i3d-random"] = "i3d-torchscript"
-    num_clips: int = 10000  # gFVD: real clips drawn (and generated videos)
-    clip_seed: int = 42  # random.Random(42) selection of the real clips
-    frames: int = 16
-    rfvd_seed: int = 0  # which clip of each video the rFVD reconstructs
-    rfvd_max_videos: int | None = None  # None = every split train video (9,537 for UCF-101)
-    bootstrap: int = 100  # bootstrap resamples for the confidence interval
-    batch_size: int = 32
-    lpips: bool = True  # rFVD also reports LPIPS-VGG (needs the VGG16 + LPIPS weights)
-    fp_num_clips: int = 50000  # FP-FVD: real clips drawn from the held-out (K600 val) split
-    fp_resolution: int = 64  # FP-FVD: generated and real clips are resized to this before the I3D
+    detector: Literal["i3d-torchscript", "i3d-kinetics400", "i3d-pretrained-400", "i3d-random"]
+    num_clips: int  # gFVD: real clips drawn (and generated videos)
+    clip_seed: int  # random.Random(42) selection of the real clips
+    frames: int
+    rfvd_seed: int  # which clip of each video the rFVD reconstructs
+    rfvd_max_videos: int | None  # None = every split train video (9,537 for UCF-101)
+    bootstrap: int  # bootstrap resamples for the confidence interval
+    batch_size: int
+    lpips: bool  # rFVD also reports LPIPS-VGG (needs the VGG16 + LPIPS weights)
+    fp_num_clips: int  # FP-FVD: real clips drawn from the held-out (K600 val) split
+    fp_resolution: int  # FP-FVD: generated and real clips are resized to this before the I3D
 
     def validate(self) -> None:
         _check(self.num_clips >= 2, "fvd.num_clips", "must be >= 2")
@@ -428,11 +430,11 @@ class FVDParams:
 
 @dataclass
 class StageResources:
-    gpus: int = 0  # per node; cpus and mem_mb too
-    cpus: int = 2
-    mem_mb: int = 8000
-    runtime: int = 60  # minutes
-    nodes: int = 1  # > 1: one torchrun agent per node, c10d rendezvous (larp.launch); GPU stages only
+    gpus: int  # per node; cpus and mem_mb too
+    cpus: int
+    mem_mb: int
+    runtime: int  # minutes
+    nodes: int  # > 1: one torchrun agent per node, c10d rendezvous (larp.launch); GPU stages only
 
     def validate(self, key: str = "resources") -> None:
         _check(self.gpus >= 0, f"{key}.gpus", "must be >= 0")
@@ -448,21 +450,14 @@ MULTI_NODE_STAGES = ("train_tokenizer", "tokenize", "train_ar", "train_ar_fp")  
 
 @dataclass
 class ResourcesParams:
-    download: StageResources = field(default_factory=lambda: StageResources(cpus=1, mem_mb=2000, runtime=240))
-    extract: StageResources = field(default_factory=lambda: StageResources(cpus=16, mem_mb=32000, runtime=240))
-    train_tokenizer: StageResources = field(
-        default_factory=lambda: StageResources(gpus=8, cpus=64, mem_mb=256000, runtime=4320))
-    # 8 GPUs (data-parallel shards): K600's tokenization, every clip offset of ~390k videos (twice for frame
-    # prediction), is the big one; UCF-101 takes minutes
-    tokenize: StageResources = field(
-        default_factory=lambda: StageResources(gpus=8, cpus=32, mem_mb=128000, runtime=480))
-    train_ar: StageResources = field(
-        default_factory=lambda: StageResources(gpus=8, cpus=32, mem_mb=256000, runtime=4320))
-    # frame prediction on K600-train: 8 GPUs as train_larp_ar_fp_reproduce.sh (global batch 64, 75 epochs)
-    train_ar_fp: StageResources = field(
-        default_factory=lambda: StageResources(gpus=8, cpus=32, mem_mb=256000, runtime=4320))
-    sample: StageResources = field(default_factory=lambda: StageResources(gpus=1, cpus=4, mem_mb=32000, runtime=240))
-    fvd: StageResources = field(default_factory=lambda: StageResources(gpus=1, cpus=8, mem_mb=32000, runtime=240))
+    download: StageResources
+    extract: StageResources
+    train_tokenizer: StageResources
+    tokenize: StageResources  # data-parallel shards over its GPUs
+    train_ar: StageResources
+    train_ar_fp: StageResources
+    sample: StageResources
+    fvd: StageResources
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -477,27 +472,23 @@ class ResourcesParams:
 
 @dataclass
 class Params:
-    data: DataParams = field(default_factory=DataParams)
-    ucf101: UCF101Params = field(default_factory=UCF101Params)
-    k600: K600Params = field(default_factory=K600Params)
-    embedded: EmbeddedParams = field(default_factory=EmbeddedParams)
-    storage: StorageParams = field(default_factory=StorageParams)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    prior: PriorParams = field(default_factory=PriorParams)
-    loss: LossParams = field(default_factory=LossParams)
-    train_tokenizer: TrainParams = field(default_factory=TrainParams)
-    tokenize: TokenizeParams = field(default_factory=TokenizeParams)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    train_ar: TrainParams = field(default_factory=lambda: TrainParams(
-        epochs=3000, warmup_epochs=4.0, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.05, global_batch=64,
-        micro_batch=8, amp="bf16", seed=66667, checkpoint_every=2000, sample_every=20000))
-    train_ar_fp: TrainParams = field(default_factory=lambda: TrainParams(
-        epochs=75, warmup_epochs=1.0, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.05, global_batch=64,
-        micro_batch=8, amp="bf16", seed=66667, checkpoint_every=2000, sample_every=20000))
-    sample: SampleParams = field(default_factory=SampleParams)
-    fvd: FVDParams = field(default_factory=FVDParams)
-    resources: ResourcesParams = field(default_factory=ResourcesParams)
+    data: DataParams
+    ucf101: UCF101Params
+    k600: K600Params
+    embedded: EmbeddedParams
+    storage: StorageParams
+    tokenizer: TokenizerConfig
+    discriminator: DiscriminatorConfig
+    prior: PriorParams
+    loss: LossParams
+    train_tokenizer: TrainParams
+    tokenize: TokenizeParams
+    generator: GeneratorConfig
+    train_ar: TrainParams
+    train_ar_fp: TrainParams  # the frame-prediction generator (frame_prediction_params)
+    sample: SampleParams
+    fvd: FVDParams
+    resources: ResourcesParams
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -546,56 +537,40 @@ def frame_prediction_params(params: Params) -> Params:
     return out
 
 
-def _paper() -> Params:
-    """Paper scale: LARP-L-Long tokenizer + llama-abs-LP, the UCF-101 protocol (LARP_SPEC.md)."""
-    return Params()
+PRESETS_DIR = Path(__file__).parent / "presets"  # package data: found by editable and regular installs
 
 
-def _tiny() -> Params:
-    """CPU scale: the whole chain on 2 cores in minutes. Same code, smaller numbers."""
-    return Params(
-        data=DataParams(size=32, frames=16, shard_videos=16, workers=2, tokenizer_datasets=()),
-        tokenizer=TokenizerConfig(
-            frames=16, size=32, patch_t=4, patch_hw=8, width=64, depth=2, heads=4, num_tokens=64, code_dim=8,
-            codebook_size=256, prior_depth=2, prior_width=64, prior_heads=4),
-        discriminator=DiscriminatorConfig(frames=16, size=32, width=64, depth=2, heads=4),
-        # no LPIPS download on the embedded run; a gentler GAN: at this size 0.3 stalls reconstruction
-        loss=LossParams(perceptual_weight=0.0, gan_weight=0.05),
-        train_tokenizer=TrainParams(
-            epochs=1, max_steps=400, warmup_epochs=0.0, lr=1e-3, d_lr=3e-4, global_batch=8, micro_batch=8,
-            amp="fp16", compile=False, seed=66667, num_workers=0, checkpoint_every=100, log_every=10,
-            sample_every=100),
-        tokenize=TokenizeParams(clip_stride=8, flips=True, batch_size=16, shard_clips=256),
-        generator=GeneratorConfig(
-            depth=2, width=64, heads=4, ffn_multiple_of=32, vocab_size=256, seq_len=64, num_classes=8),
-        train_ar=TrainParams(
-            epochs=1, max_steps=300, warmup_epochs=0.0, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.05,
-            global_batch=16, micro_batch=16, amp="bf16", compile=False, seed=66667, num_workers=0,
-            checkpoint_every=100, log_every=10, sample_every=100),
-        train_ar_fp=TrainParams(
-            epochs=1, max_steps=200, warmup_epochs=0.0, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.05,
-            global_batch=16, micro_batch=16, amp="bf16", compile=False, seed=66667, num_workers=0,
-            checkpoint_every=100, log_every=10, sample_every=100),
-        sample=SampleParams(cfg_scale=1.25, batch_size=16, shards=(0, 1), dtype="fp32"),
-        fvd=FVDParams(detector="i3d-kinetics400", num_clips=40, rfvd_max_videos=None, bootstrap=20, batch_size=8,
-                      lpips=False, fp_num_clips=12, fp_resolution=64),
-        resources=ResourcesParams(**{
-            name: StageResources(
-                gpus=1 if name in ("train_tokenizer", "train_ar", "train_ar_fp", "tokenize", "sample") else 0,
-                cpus=1, mem_mb=2000, runtime=30)
-            for name in ("download", "extract", "train_tokenizer", "tokenize", "train_ar", "train_ar_fp", "sample",
-                         "fvd")}),
-    )
+def preset_path(name: str) -> Path:
+    """The YAML file of preset ``name``: the single source of its values (the dataclasses have no defaults)."""
+    if name not in PRESET_NAMES:
+        raise ParamsError(f"preset: unknown preset {name!r}; choose one of {sorted(PRESET_NAMES)}")
+    return PRESETS_DIR / f"{name}.yaml"
 
 
-PRESETS: dict[str, typing.Callable[[], Params]] = {"paper": _paper, "tiny": _tiny}
+def read_preset_file(path: str | Path) -> dict[str, Any]:
+    """The raw groups of a preset file (the workflows track them group by group)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: preset file not found")
+    raw = _load_yaml(path)  # the same strict reading as params.yaml (duplicate keys, one-line syntax errors)
+    _check(isinstance(raw, dict), str(path), "must be a mapping of parameter groups")
+    return raw
+
+
+@functools.cache
+def _preset_groups(name: str) -> dict[str, Any]:
+    return read_preset_file(preset_path(name))
 
 
 def preset(name: str) -> Params:
-    if name not in PRESETS:
-        raise ParamsError(f"preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    p = PRESETS[name]()
-    p.validate()
+    """The validated parameters of preset ``name``. Every key must be present: a missing, unknown, mistyped
+    or out-of-range key raises :class:`ParamsError` naming the file and the dotted key."""
+    path, groups = preset_path(name), copy.deepcopy(_preset_groups(name))
+    try:
+        p = _build(Params, groups, "")
+        p.validate()
+    except ParamsError as e:
+        raise ParamsError(f"{path}: {e}") from None
     return p
 
 
@@ -655,14 +630,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str, base: Any = None) -> Any:
-    """Build ``cls`` from ``values`` on top of ``base`` (an instance) or the class defaults."""
+    """Build ``cls`` from ``values`` on top of ``base`` (an instance), or from ``values`` alone (complete)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ParamsError(f"{where}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
-    obj = copy.deepcopy(base) if base is not None else cls()
+    if base is None:  # a complete group (a preset file): no key may be missing
+        missing = [n for n in sorted(names) if n not in values]
+        if missing:
+            where = f"{prefix}." if prefix else ""
+            raise ParamsError(f"{where}{missing[0]}: missing key (a preset lists every key of every group)")
+        return cls(**{k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()})
+    obj = copy.deepcopy(base)
     for k, v in values.items():
         key = f"{prefix}.{k}" if prefix else k
         tp = hints[k]
@@ -694,6 +675,7 @@ class ParamsFile:
     overrides: dict[str, Any]
     path: Path
     datasets: tuple[str, ...] = ()  # what dvc.yaml downloads and extracts: `dataset` + its tokenizer's data
+    preset: str = ""  # the preset of `dataset` and of every one of `datasets` (dvc.yaml tracks its file)
 
     def resolve(self, dataset: str | None = None) -> Params:
         name = dataset or self.dataset
@@ -746,11 +728,12 @@ def read_params_file(path: str | Path) -> ParamsFile:
     _check(isinstance(presets, dict), "presets", "must map dataset names to preset names")
     for ds, pr in presets.items():
         _check(ds in DATASETS, f"presets.{ds}", f"unknown dataset; known: {list(DATASETS)}")
-        _check(pr in PRESETS, f"presets.{ds}", f"unknown preset {pr!r}; choose one of {sorted(PRESETS)}")
+        _check(pr in PRESET_NAMES, f"presets.{ds}", f"unknown preset {pr!r}; choose one of {sorted(PRESET_NAMES)}")
     datasets = raw.pop("datasets", None)
+    built_preset = raw.pop("preset", None)
     groups = {f.name for f in dataclasses.fields(Params)}
     for g, v in raw.items():
-        _check(g in groups, g, "unknown parameter group (known: dataset, datasets, presets, "
+        _check(g in groups, g, "unknown parameter group (known: dataset, datasets, preset, presets, "
                f"{', '.join(sorted(groups))})")
         _check(isinstance(v, dict) or v is None, g, "must be a mapping")
     overrides = {g: (v or {}) for g, v in raw.items()}
@@ -773,6 +756,15 @@ def read_params_file(path: str | Path) -> ParamsFile:
            f"must list the datasets `dvc repro` downloads and extracts for dataset={dataset!r}: the dataset and its "
            f"tokenizer's training data (data.tokenizer_datasets), i.e. {needed}; got {datasets!r}")
     pf.datasets = tuple(datasets)
+    # nor can it look up presets.<dataset>: it tracks the preset file named here, the one of every dataset it builds
+    if built_preset is None:
+        built_preset = presets[dataset]
+    _check(built_preset == presets[dataset], "preset",
+           f"must be the preset of dataset={dataset!r} (presets.{dataset}: {presets[dataset]}), got {built_preset!r}")
+    other = sorted(ds for ds in pf.datasets if presets[ds] != built_preset)
+    _check(not other, "preset", f"every dataset `dvc repro` builds must use the preset {built_preset!r} "
+           f"(dvc.yaml tracks one preset file); {other} use another in presets")
+    pf.preset = built_preset
     return pf
 
 

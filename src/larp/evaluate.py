@@ -17,9 +17,7 @@ Every result file records the protocol, detector identity, checkpoint hashes, pa
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -32,10 +30,10 @@ from einops import rearrange
 from torch import Tensor
 from tqdm import tqdm
 
-from larp.config import Params
+from larp.config import Params, ParamsError
 from larp.data.clips import ClipDataset
 from larp.data.frames import FrameStore
-from larp.eval.fvd import compute_features, fvd_report, load_features, save_features
+from larp.eval.fvd import compute_features, fvd_report
 from larp.eval.i3d import load_detector
 from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video, ssim_per_video
 from larp.eval.probe import DESCRIPTION as PROBE_DESCRIPTION
@@ -126,23 +124,42 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
 # FVD
 
 
-def _real_features(frames_dir: Path, refs: pd.DataFrame, detector, params: Params, cache_dir: Path,
-                   progress: bool, resize: int | None = None) -> tuple[np.ndarray, str]:
-    """Detector features of the real clips (resized to ``resize`` first if given), cached under a hash of
-    protocol + data + detector + resize."""
-    key = hashlib.sha256(json.dumps({
-        "clips": clips_hash(refs), "videos": sha256_file(Path(frames_dir) / "videos.csv"),
-        "detector": detector.sha256, "frames": params.data.frames, "size": params.data.size, "resize": resize,
-    }, sort_keys=True).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"real-{key}.npy"
-    if path.is_file():
-        return load_features(path), str(path)
+def _real_key(frames_dir: Path, refs: pd.DataFrame, detector, params: Params, resize: int | None) -> dict:
+    """What real features are a function of: the protocol's clips, the frames, the detector, the resize."""
+    return {"clips": clips_hash(refs), "videos": sha256_file(Path(frames_dir) / "videos.csv"),
+            "detector": detector.sha256, "frames": params.data.frames, "size": params.data.size, "resize": resize}
+
+
+def _real_features(frames_dir: Path, refs: pd.DataFrame, detector, params: Params, source: Path | None,
+                   progress: bool, resize: int | None = None) -> np.ndarray:
+    """Detector features of the real clips (resized to ``resize`` first if given): read from ``source`` (a
+    `larp fvd-real` output, checked to be of this protocol, data and detector) or, without it, computed."""
+    key = _real_key(frames_dir, refs, detector, params, resize)
+    if source is not None:
+        with np.load(source, allow_pickle=False) as f:
+            stored = json.loads(str(f["key"]))
+            if stored != key:
+                differ = sorted(k for k in key if stored.get(k) != key[k])
+                raise ParamsError(f"{source}: real features of other {', '.join(differ)} than this evaluation's; "
+                                  "run `larp fvd-real` again")
+            return f["features"].astype(np.float32)
     reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
     videos = (reader.read_clip(int(r.row), int(r.start)) for r in refs.itertuples())
-    feats = compute_features(detector, _resized(videos, resize), batch_size=params.fvd.batch_size,
-                             progress=progress)
-    save_features(path, feats)
-    return feats, str(path)
+    return compute_features(detector, _resized(videos, resize), batch_size=params.fvd.batch_size, progress=progress)
+
+
+def fvd_real(frames_dir: Path, out: Path, params: Params, *, fp: bool = False, progress: bool = True) -> None:
+    """`larp fvd-real`: detector features of the gFVD (``fp``: FP-FVD) protocol's real clips, with what they
+    are a function of (.npz: features, key). A stage of its own, so that re-scoring new samples (an ablation
+    over sampling settings) reuses them, and both workflows know the file."""
+    frames_dir = Path(frames_dir)
+    refs = fp_clips(frames_dir, params) if fp else gfvd_clips(frames_dir, params)
+    resize = params.fvd.fp_resolution if fp else None
+    detector = load_detector(params.fvd.detector, device=_device())
+    feats = _real_features(frames_dir, refs, detector, params, None, progress, resize=resize)
+    key = _real_key(frames_dir, refs, detector, params, resize)
+    with atomic_path(Path(out)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, features=feats, key=np.str_(json.dumps(key, sort_keys=True)))
 
 
 def _resized(videos, size: int | None):
@@ -202,18 +219,6 @@ def _generated_features(detector, shards: _Shards, params: Params, progress: boo
     return np.concatenate(parts)[shards.order]
 
 
-def _append_report(path: Path, row: dict) -> None:
-    """Append one row to the results table (like the official fvd_report.csv), header on first write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-        f.flush()
-
-
 def _fvd_header(metric: str, dataset: str, report: dict) -> dict:
     """The first fields of every FVD result file: value, 95 % CI (when bootstrapped), set sizes, details."""
     boot = report.get("bootstrap")
@@ -233,20 +238,18 @@ def _result_common(detector, params: Params, refs: pd.DataFrame, t0: float) -> d
 
 
 def _score_shards(frames_dir: Path, samples_dir: Path, refs: pd.DataFrame, params: Params,
-                  cache_dir: Path | None, progress: bool, resize: int | None = None) -> tuple:
+                  real_features: Path | None, progress: bool, resize: int | None = None) -> tuple:
     """The checked sample shards of ``refs``' protocol scored against the real clips: (shards, detector,
-    real-features cache entry, FVD report, real features, generated features). gFVD and FP-FVD differ only in ``refs`` and ``resize``."""
+    FVD report, real features, generated features). gFVD and FP-FVD differ only in ``refs`` and ``resize``."""
     shards = _load_shards(samples_dir, refs, params)
     detector = load_detector(params.fvd.detector, device=_device())
-    real, real_cache = _real_features(frames_dir, refs, detector, params,
-                                      cache_dir or frames_dir.parent.parent / "fvd_cache", progress, resize=resize)
+    real = _real_features(frames_dir, refs, detector, params, real_features, progress, resize=resize)
     gen = _generated_features(detector, shards, params, progress, resize=resize)
-    return shards, detector, real_cache, fvd_report(real, gen, bootstrap=params.fvd.bootstrap,
-                                                    seed=params.fvd.clip_seed), real, gen
+    return shards, detector, fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed), real, gen
 
 
 def _held_out_checks(frames_dir: Path, refs: pd.DataFrame, real: np.ndarray, shards: _Shards, gen: np.ndarray,
-                     detector, params: Params, cache_dir: Path, progress: bool) -> tuple[dict, dict | None]:
+                     detector, params: Params, progress: bool) -> tuple[dict, dict | None]:
     """What the held-out (test) clips tell beside the gFVD, from the same detector's features: the class probe
     (larp.eval.probe) fitted on the real clips, applied to the samples with their conditioning labels and to
     the held-out clips (the ceiling); and the floor of the FVD, real train clips vs held-out real clips (None
@@ -254,10 +257,10 @@ def _held_out_checks(frames_dir: Path, refs: pd.DataFrame, real: np.ndarray, sha
     probe = NearestClassMean.fit(real, refs["label"].to_numpy())
     gen_labels = np.concatenate([t["label"].to_numpy() for t in shards.tables])[shards.order]
     test = held_out_clips(FrameStore(frames_dir).table, frames=params.data.frames, split=params.data.split)
-    test_feats = _real_features(frames_dir, test, detector, params, cache_dir, progress)[0] if len(test) else None
+    test_feats = _real_features(frames_dir, test, detector, params, None, progress) if len(test) else None
     accuracy = {"samples": probe.accuracy(gen, gen_labels),
                 "real_test": probe.accuracy(test_feats, test["label"].to_numpy()) if len(test) else None,
-                "chance": 1.0 / params.generator.num_classes, "classifier": PROBE_DESCRIPTION,
+                "chance": 1.0 / refs["label"].nunique(), "classifier": PROBE_DESCRIPTION,
                 "n_samples": len(gen_labels), "n_real_train": len(refs), "n_real_test": len(test)}
     floor = None
     if test_feats is not None and len(test_feats) >= 2:
@@ -269,15 +272,15 @@ def _held_out_checks(frames_dir: Path, refs: pd.DataFrame, real: np.ndarray, sha
 
 
 def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,
-         cache_dir: Path | None = None, progress: bool = True) -> dict:
-    """FVD of the merged sample shards against the protocol's real clips; writes ``out`` (JSON)."""
+         real_features: Path | None = None, progress: bool = True) -> dict:
+    """FVD of the merged sample shards against the protocol's real clips (their features from
+    ``real_features``, a `larp fvd-real` output, or computed); writes ``out`` (JSON) and nothing else."""
     t0 = time.time()
     frames_dir, out = Path(frames_dir), Path(out)
     refs = gfvd_clips(frames_dir, params)
-    shards, detector, real_cache, report, real, gen = _score_shards(frames_dir, Path(samples_dir), refs, params,
-                                                                    cache_dir, progress)
-    accuracy, floor = _held_out_checks(frames_dir, refs, real, shards, gen, detector, params,
-                                       cache_dir or frames_dir.parent.parent / "fvd_cache", progress)
+    shards, detector, report, real, gen = _score_shards(frames_dir, Path(samples_dir), refs, params, real_features,
+                                                        progress)
+    accuracy, floor = _held_out_checks(frames_dir, refs, real, shards, gen, detector, params, progress)
     nll = float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean())
     result = {
         **_fvd_header("gFVD", dataset, report),
@@ -289,19 +292,11 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
         "class_accuracy": accuracy,
         "reference_points": {"floor_real_train_vs_real_test": floor},
         "checkpoints": shards.inputs,
-        "real_features_cache": real_cache,
+        "real_features": str(real_features) if real_features is not None else None,
         **_result_common(detector, params, refs, t0),
     }
     result["provenance"] = provenance(params)
     atomic_write_json(out, result)
-    _append_report(out.parent / "fvd_report.csv", {
-        "dataset": dataset, "ar_model": shards.inputs["ar"][:12], "tokenizer": shards.inputs["tokenizer"][:12],
-        "num_samples": report["n_gen"], "cfg_scale": params.sample.cfg_scale,
-        "temperature": params.sample.temperature, "top_k": params.sample.top_k, "top_p": params.sample.top_p,
-        "dtype": params.sample.dtype, "NLL_sampled": f"{nll:.4f}", "fvd": f"{report['fvd']:.4f}",
-        "ci_low": f"{result['ci95'][0]:.4f}" if result["ci95"] else "", "ci_high": f"{result['ci95'][1]:.4f}" if result["ci95"] else "",
-        "detector": detector.name, "comparable_to_papers": detector.comparable_to_papers,
-        "git": result["provenance"]["git"]["commit"], "created": result["provenance"]["created"]})
     return result
 
 
@@ -472,14 +467,14 @@ def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path,
 
 
 def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,
-           cache_dir: Path | None = None, progress: bool = True) -> dict:
+           real_features: Path | None = None, progress: bool = True) -> dict:
     """FP-FVD: generated vs real clips, both resized to ``fvd.fp_resolution`` before the I3D."""
     t0 = time.time()
     frames_dir, out = Path(frames_dir), Path(out)
     refs = fp_clips(frames_dir, params)
     size = params.fvd.fp_resolution
-    shards, detector, cache, report, _, _ = _score_shards(frames_dir, Path(samples_dir), refs, params, cache_dir,
-                                                          progress, resize=size)
+    shards, detector, report, _, _ = _score_shards(frames_dir, Path(samples_dir), refs, params, real_features,
+                                                   progress, resize=size)
     result = {
         **_fvd_header("FP-FVD", dataset, report),
         "protocol": {"name": "FP-FVD frame prediction", "real_clips": "non-overlapping clips of the held-out videos",
@@ -488,7 +483,7 @@ def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params:
                      "cfg_scale": 1.0, "temperature": params.sample.temperature,
                      "condition_svq": params.sample.fp_condition_svq},
         "nll_sampled": float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean()),
-        "checkpoints": shards.inputs, "real_features_cache": cache,
+        "checkpoints": shards.inputs, "real_features": str(real_features) if real_features is not None else None,
         **_result_common(detector, params, refs, t0),
     }
     result["provenance"] = provenance(params)

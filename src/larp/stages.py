@@ -171,11 +171,21 @@ def sample(dataset: str, frames: Path, tokenizer: Path, ar: Path, shard: int, ou
     (sample_fp_shard if fp else sample_shard)(Path(frames), Path(tokenizer), Path(ar), shard, Path(out), params)
 
 
-def fvd(dataset: str, frames: Path, samples: Path, out: Path, params: Params, fp: bool = False) -> None:
-    """`larp fvd`: gFVD (``fp``: FP-FVD) of the merged sample shards against the protocol's real clips."""
+def fvd_real(dataset: str, frames: Path, out: Path, params: Params, fp: bool = False) -> None:
+    """`larp fvd-real`: detector features of the gFVD (``fp``: FP-FVD) protocol's real clips."""
+    from larp.evaluate import fvd_real as run
+
+    run(Path(frames), Path(out), params, fp=fp)
+
+
+def fvd(dataset: str, frames: Path, samples: Path, out: Path, params: Params, fp: bool = False,
+        real: Path | None = None) -> None:
+    """`larp fvd`: gFVD (``fp``: FP-FVD) of the merged sample shards against the protocol's real clips (their
+    features from ``real``, the output of `larp fvd-real`, or computed without writing them)."""
     from larp.evaluate import fp_fvd, gfvd
 
-    r = (fp_fvd if fp else gfvd)(dataset, Path(frames), Path(samples), Path(out), params)
+    r = (fp_fvd if fp else gfvd)(dataset, Path(frames), Path(samples), Path(out), params,
+                                 real_features=Path(real) if real is not None else None)
     ci = f" (95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})" if r["ci95"] else ""
     print(f"{r['metric']} {dataset}: {r['value']:.2f}{ci}, {r['n_generated']} vs {r['n_real']} clips, "
           f"detector {r['detector']['detector']}" + ("" if r["comparable_to_papers"] else " [not comparable to papers]"))

@@ -1,7 +1,8 @@
-# Shared helpers: resolved parameters, the params.yaml keys each stage depends on, resources per preset.
+# Shared helpers: resolved parameters, what each stage reads (larp.pipeline), resources per preset.
 import functools
 
-from larp.config import DATASETS, read_params_file, tokenizer_datasets
+from larp.config import DATASETS, read_params_file, read_preset_file, tokenizer_datasets
+from larp.pipeline import code_files, tracked_params
 
 PARAMS_FILE = read_params_file("params.yaml")  # validated here: a bad key fails at parse time
 
@@ -21,17 +22,32 @@ def _lookup(cfg, dotted):
     return cfg
 
 
-def tracked(*keys):
-    """Rule params = the params.yaml values a stage reads (the same keys as its dvc.yaml `params:`).
+@functools.cache
+def preset_groups(path):
+    return read_preset_file(path)
 
-    Snakemake reruns a rule when one of these values changes, as DVC does.
+
+def tracked(stage, dataset=None):
+    """Rule params = the values the stage reads (larp.pipeline.STAGES): its groups in params.yaml and in the
+    dataset's preset file, and the preset's name; dvc.yaml tracks the same keys. Snakemake reruns a rule when
+    one of these values changes, as DVC does.
     """
 
     def values(wildcards):
-        names = [k.format(dataset=wildcards.dataset) for k in keys]
-        return {k: _lookup(config, k) for k in names}
+        ds = dataset or wildcards.dataset
+        files = tracked_params(stage, ds, PARAMS_FILE.presets[ds])
+        return {
+            (k if f == "params.yaml" else f"{f}:{k}"): _lookup(config if f == "params.yaml" else preset_groups(f), k)
+            for f, keys in files.items()
+            for k in keys
+        }
 
     return values
+
+
+def stage_code(stage, dataset=None):
+    """The package code a stage runs (larp.pipeline.STAGES): inputs, so that a change reruns it."""
+    return lambda wildcards: code_files(stage, dataset or wildcards.dataset)
 
 
 def stage_resources(stage):

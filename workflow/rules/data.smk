@@ -1,8 +1,10 @@
 rule download:
+    input:
+        code=stage_code("download"),
     output:
         directory("data/raw/{dataset}"),
     params:
-        tracked=tracked("{dataset}"),
+        tracked=tracked("download"),
     threads: stage_threads("download")
     resources:
         **stage_resources("download"),
@@ -15,11 +17,11 @@ rule download:
 rule extract:
     input:
         "data/raw/{dataset}",
-        "src/larp/data",
+        code=stage_code("extract"),
     output:
         directory("data/frames/{dataset}"),
     params:
-        tracked=tracked("presets.{dataset}", "data", "storage.{dataset}"),
+        tracked=tracked("extract"),
     threads: stage_threads("extract")
     resources:
         **stage_resources("extract"),

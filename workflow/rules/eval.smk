@@ -3,12 +3,11 @@ rule sample:
         "data/frames/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
         "checkpoints/{dataset}/ar.safetensors",
-        "src/larp/sample.py",
-        "src/larp/evaluate.py",
+        code=stage_code("sample"),
     output:
         directory("data/samples/{dataset}/shard-{shard}"),
     params:
-        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "generator", "sample", "fvd"),
+        tracked=tracked("sample"),
     threads: stage_threads("sample")
     resources:
         **stage_resources("sample"),
@@ -21,16 +20,34 @@ rule sample:
         " --out data/samples/{wildcards.dataset}/shard-{wildcards.shard} 2> {log}"
 
 
+rule fvd_real:
+    input:
+        "data/frames/{dataset}",
+        code=stage_code("fvd_real"),
+    output:
+        "data/fvd_real/{dataset}.npz",
+    params:
+        tracked=tracked("fvd_real"),
+    threads: stage_threads("fvd")
+    resources:
+        **stage_resources("fvd"),
+    log:
+        "logs/fvd_real/{dataset}.log",
+    shell:
+        "larp fvd-real --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
+        " --out data/fvd_real/{wildcards.dataset}.npz 2> {log}"
+
+
 rule fvd:
     input:
         "data/frames/{dataset}",
+        "data/fvd_real/{dataset}.npz",
         sample_shards,
-        "src/larp/eval",
-        "src/larp/evaluate.py",
+        code=stage_code("fvd"),
     output:
         "results/fvd_{dataset}.json",
     params:
-        tracked=tracked("presets.{dataset}", "data", "sample", "fvd"),
+        tracked=tracked("fvd"),
     threads: stage_threads("fvd")
     resources:
         **stage_resources("fvd"),
@@ -38,19 +55,19 @@ rule fvd:
         "logs/fvd/{dataset}.log",
     shell:
         "larp fvd --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --samples data/samples/{wildcards.dataset} --out results/fvd_{wildcards.dataset}.json 2> {log}"
+        " --samples data/samples/{wildcards.dataset} --real data/fvd_real/{wildcards.dataset}.npz"
+        " --out results/fvd_{wildcards.dataset}.json 2> {log}"
 
 
 rule rfvd:
     input:
         "data/frames/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
-        "src/larp/eval",
-        "src/larp/evaluate.py",
+        code=stage_code("rfvd"),
     output:
         "results/rfvd_{dataset}.json",
     params:
-        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "fvd"),
+        tracked=tracked("rfvd"),
     threads: stage_threads("fvd")
     resources:
         **stage_resources("fvd"),

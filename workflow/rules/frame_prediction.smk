@@ -6,11 +6,11 @@ rule tokenize_fp:
     input:
         "data/frames/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
-        "src/larp/tokenize.py",
+        code=stage_code("tokenize_fp"),
     output:
         directory("data/tokens_fp/{dataset}"),
     params:
-        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "tokenize", "generator"),
+        tracked=tracked("tokenize_fp"),
     threads: stage_threads("tokenize")
     resources:
         **stage_resources("tokenize"),
@@ -26,13 +26,12 @@ rule train_ar_fp:
     input:
         "data/tokens_fp/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
-        "src/larp/models",
-        "src/larp/train",
+        code=stage_code("train_ar_fp"),
     output:
         "checkpoints/{dataset}/ar_fp.safetensors",
         "results/{dataset}/ar_fp_metrics.csv",
     params:
-        tracked=tracked("presets.{dataset}", "generator", "train_ar_fp", "tokenizer", "prior"),
+        tracked=tracked("train_ar_fp"),
     threads: stage_threads("train_ar_fp")
     resources:
         **stage_resources("train_ar_fp"),
@@ -51,11 +50,11 @@ rule sample_fp:
         frames="data/frames/{dataset}",
         tokenizer="checkpoints/{dataset}/tokenizer.safetensors",
         ar="checkpoints/{dataset}/ar_fp.safetensors",
-        code=["src/larp/sample.py", "src/larp/evaluate.py"],
+        code=stage_code("sample_fp"),
     output:
         directory("data/samples_fp/{dataset}/shard-{shard}"),
     params:
-        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "generator", "sample", "fvd"),
+        tracked=tracked("sample_fp"),
     threads: stage_threads("sample")
     resources:
         **stage_resources("sample"),
@@ -66,16 +65,35 @@ rule sample_fp:
         " --ar {input.ar} --shard {wildcards.shard} --out {output} --fp 2> {log}"
 
 
+rule fvd_real_fp:
+    input:
+        "data/frames/{dataset}",
+        code=stage_code("fvd_real_fp"),
+    output:
+        "data/fvd_real/{dataset}_fp.npz",
+    params:
+        tracked=tracked("fvd_real_fp"),
+    threads: stage_threads("fvd")
+    resources:
+        **stage_resources("fvd"),
+    log:
+        "logs/fvd_real_fp/{dataset}.log",
+    shell:
+        "larp fvd-real --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
+        " --out data/fvd_real/{wildcards.dataset}_fp.npz --fp 2> {log}"
+
+
 rule fvd_fp:
     input:
         frames="data/frames/{dataset}",
+        real="data/fvd_real/{dataset}_fp.npz",
         shards=sample_fp_shards,
-        code=["src/larp/eval", "src/larp/evaluate.py"],
+        code=stage_code("fvd_fp"),
     output:
         "results/fvd_{dataset}_fp.json",
     params:
         samples="data/samples_fp/{dataset}",  # the shards' folder
-        tracked=tracked("presets.{dataset}", "data", "sample", "fvd"),
+        tracked=tracked("fvd_fp"),
     threads: stage_threads("fvd")
     resources:
         **stage_resources("fvd"),
@@ -83,4 +101,4 @@ rule fvd_fp:
         "logs/fvd_fp/{dataset}.log",
     shell:
         "larp fvd --dataset {wildcards.dataset} --frames {input.frames} --samples {params.samples}"
-        " --out {output} --fp 2> {log}"
+        " --real {input.real} --out {output} --fp 2> {log}"

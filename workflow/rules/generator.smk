@@ -2,13 +2,12 @@ rule train_ar:
     input:
         "data/tokens/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
-        "src/larp/models",
-        "src/larp/train",
+        code=stage_code("train_ar"),
     output:
         "checkpoints/{dataset}/ar.safetensors",
         "results/{dataset}/ar_metrics.csv",
     params:
-        tracked=tracked("presets.{dataset}", "generator", "train_ar", "tokenizer", "prior"),
+        tracked=tracked("train_ar"),
     threads: stage_threads("train_ar")
     resources:
         **stage_resources("train_ar"),

@@ -28,10 +28,6 @@ def released_input(wildcards):
     return [] if src.startswith("hf:") else [src]
 
 
-def released_tracked(*keys):
-    return {k: _lookup(config, k) for k in keys}
-
-
 def released_resources(stage):
     r = getattr(resolved(RELEASED_DATASET).resources, stage)
     return dict(gpu=r.gpus, mem_mb=r.mem_mb, runtime=r.runtime)
@@ -45,7 +41,7 @@ def released_shards(wildcards):
 rule import_released:
     input:
         released_input,
-        "src/larp/convert.py",
+        code=stage_code("import_released"),
     output:
         "checkpoints/{dataset}/released/{kind}.safetensors",
         "checkpoints/{dataset}/released/{kind}.safetensors.json",
@@ -54,7 +50,7 @@ rule import_released:
         kind="|".join(RELEASED_REPOS),
     params:
         src=released_source,
-        tracked=tracked("presets.{dataset}", "tokenizer", "prior", "generator"),
+        tracked=tracked("import_released"),
     threads: 1
     resources:
         gpu=0,
@@ -72,14 +68,11 @@ rule sample_released:
         "data/frames/ucf101",
         "checkpoints/ucf101/released/tokenizer.safetensors",
         "checkpoints/ucf101/released/ar.safetensors",
-        "src/larp/sample.py",
-        "src/larp/evaluate.py",
+        code=stage_code("sample", dataset=RELEASED_DATASET),
     output:
         directory("data/samples/ucf101_released/shard-{shard}"),
     params:
-        tracked=released_tracked(
-            "presets.ucf101", "data", "tokenizer", "prior", "generator", "sample", "fvd"
-        ),
+        tracked=tracked("sample", dataset=RELEASED_DATASET),
     threads: resolved(RELEASED_DATASET).resources.sample.cpus
     resources:
         **released_resources("sample"),
@@ -95,13 +88,13 @@ rule sample_released:
 rule fvd_released:
     input:
         "data/frames/ucf101",
+        "data/fvd_real/ucf101.npz",  # the protocol's real clips: the same as for our UCF-101 models
         released_shards,
-        "src/larp/eval",
-        "src/larp/evaluate.py",
+        code=stage_code("fvd", dataset=RELEASED_DATASET),
     output:
         "results/fvd_ucf101_released.json",
     params:
-        tracked=released_tracked("presets.ucf101", "data", "sample", "fvd"),
+        tracked=tracked("fvd", dataset=RELEASED_DATASET),
     threads: resolved(RELEASED_DATASET).resources.fvd.cpus
     resources:
         **released_resources("fvd"),
@@ -109,19 +102,19 @@ rule fvd_released:
         "logs/fvd/ucf101_released.log",
     shell:
         "larp fvd --dataset ucf101 --frames data/frames/ucf101"
-        " --samples data/samples/ucf101_released --out results/fvd_ucf101_released.json 2> {log}"
+        " --samples data/samples/ucf101_released --real data/fvd_real/ucf101.npz"
+        " --out results/fvd_ucf101_released.json 2> {log}"
 
 
 rule rfvd_released:
     input:
         "data/frames/ucf101",
         "checkpoints/ucf101/released/tokenizer.safetensors",
-        "src/larp/eval",
-        "src/larp/evaluate.py",
+        code=stage_code("rfvd", dataset=RELEASED_DATASET),
     output:
         "results/rfvd_ucf101_released.json",
     params:
-        tracked=released_tracked("presets.ucf101", "data", "tokenizer", "prior", "fvd"),
+        tracked=tracked("rfvd", dataset=RELEASED_DATASET),
     threads: resolved(RELEASED_DATASET).resources.fvd.cpus
     resources:
         **released_resources("fvd"),
@@ -140,7 +133,7 @@ use rule sample_fp as sample_fp_released with:
         frames="data/frames/{dataset}",
         tokenizer="checkpoints/{dataset}/released/tokenizer.safetensors",
         ar="checkpoints/{dataset}/released/ar-fp.safetensors",
-        code=["src/larp/sample.py", "src/larp/evaluate.py"],
+        code=stage_code("sample_fp"),
     output:
         directory("data/samples_fp_released/{dataset}/shard-{shard}"),
     log:
@@ -150,12 +143,13 @@ use rule sample_fp as sample_fp_released with:
 use rule fvd_fp as fvd_fp_released with:
     input:
         frames="data/frames/{dataset}",
+        real="data/fvd_real/{dataset}_fp.npz",  # the protocol's real clips: the same as for our FP models
         shards=shard_dirs("data/samples_fp_released/{dataset}"),
-        code=["src/larp/eval", "src/larp/evaluate.py"],
+        code=stage_code("fvd_fp"),
     output:
         "results/fvd_{dataset}_fp_released.json",
     params:
         samples="data/samples_fp_released/{dataset}",
-        tracked=tracked("presets.{dataset}", "data", "sample", "fvd"),
+        tracked=tracked("fvd_fp"),
     log:
         "logs/fvd_fp/{dataset}_released.log",

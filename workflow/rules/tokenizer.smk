@@ -1,17 +1,14 @@
 rule train_tokenizer:
     input:
         tokenizer_frames,
-        "src/larp/models",
-        "src/larp/train",
-        "src/larp/losses.py",
+        code=stage_code("train_tokenizer"),
     output:
         # only the weights: Snakemake deletes a failed job's outputs, and the resume checkpoints
         # (checkpoints/<ds>/runs/) must survive a preemption so that the retried job continues
         "checkpoints/{dataset}/tokenizer.safetensors",
         "results/{dataset}/tokenizer_metrics.csv",
     params:
-        tracked=tracked("presets.{dataset}", "data", "tokenizer", "discriminator", "prior", "loss",
-                        "train_tokenizer"),
+        tracked=tracked("train_tokenizer"),
     threads: stage_threads("train_tokenizer")
     resources:
         **stage_resources("train_tokenizer"),
@@ -27,11 +24,11 @@ rule tokenize:
     input:
         "data/frames/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
-        "src/larp/tokenize.py",
+        code=stage_code("tokenize"),
     output:
         directory("data/tokens/{dataset}"),
     params:
-        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior", "tokenize"),
+        tracked=tracked("tokenize"),
     threads: stage_threads("tokenize")
     resources:
         **stage_resources("tokenize"),

@@ -63,12 +63,13 @@ class FinalLayer(nn.Module):
 
 class LARPTokenizer(nn.Module):
     def __init__(self, config: TokenizerConfig, prior: PriorParams | None = None) -> None:
-        """``prior`` holds the prior-loss settings (rounds, scheduled sampling, CE temperature). The prior
-        module exists when ``config.use_prior`` and ``prior.alpha > 0``; otherwise ``self.prior`` is None."""
+        """``prior`` holds the prior-loss settings (rounds, scheduled sampling, CE temperature; default: the
+        paper preset's). The prior module exists when ``config.use_prior`` and ``prior.alpha > 0``; otherwise
+        ``self.prior`` is None."""
         super().__init__()
         config.validate()
         self.config = config
-        self.prior_params = prior if prior is not None else PriorParams()
+        self.prior_params = prior if prior is not None else preset("paper").prior
         self.prior_params.validate()
         c = config
         gt, gh = c.frames // c.patch_t, c.size // c.patch_hw

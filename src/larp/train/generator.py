@@ -23,6 +23,7 @@ from torch import nn
 from larp.config import Params, ParamsError
 from larp.files import atomic_write_json, sha256_file
 from larp.models.generator import LARPGenerator
+from larp.pipeline import STAGES
 from larp.train.checkpoint import load_weights
 from larp.train.loop import Phase, StepContext, StepLoss, train
 from larp.visualize import grid_png, to_uint8
@@ -111,11 +112,10 @@ class GeneratorTask:
 
 
 def run_key(params: Params, tokens_dir: Path) -> str:
-    relevant = {k: dataclasses.asdict(getattr(params, k)) for k in ("generator", "train_ar")}
-    if not params.generator.frame_prediction:  # class-conditional runs keep the keys they had before the FP fields
-        for key in ("frame_prediction", "cond_frames"):
-            relevant["generator"].pop(key)
-    relevant["epoch"] = "one clip per video"  # runs from when an epoch was every clip start a new run directory
+    """Identity of a training run: the parameter groups the stage reads (larp.pipeline) and its tokens. A
+    resume only continues the same run."""
+    stage = "train_ar_fp" if params.generator.frame_prediction else "train_ar"
+    relevant = {k: dataclasses.asdict(getattr(params, k)) for k in STAGES[stage].groups}
     blob = json.dumps(relevant, sort_keys=True) + sha256_file(Path(tokens_dir) / "clips.csv")
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

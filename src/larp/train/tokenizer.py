@@ -27,6 +27,7 @@ from larp.files import atomic_write_json, sha256_file
 from larp.losses import LPIPS, LeCam, TokenizerLoss
 from larp.models.discriminator import TransformerDiscriminator
 from larp.models.tokenizer import LARPTokenizer
+from larp.pipeline import STAGES
 from larp.train.checkpoint import load_weights
 from larp.train.loop import Phase, StepContext, StepLoss, train
 from larp.train.schedule import resolve_schedule
@@ -127,9 +128,9 @@ def _as_dirs(frames: Path | Sequence[Path]) -> list[Path]:
 
 
 def run_key(params: Params, frames: Path | Sequence[Path]) -> str:
-    """Identity of a training run: its parameters and data. A resume only continues the same run."""
-    relevant = {k: dataclasses.asdict(getattr(params, k))
-                for k in ("data", "tokenizer", "discriminator", "prior", "loss", "train_tokenizer")}
+    """Identity of a training run: the parameter groups the stage reads (larp.pipeline) and its data. A resume
+    only continues the same run."""
+    relevant = {k: dataclasses.asdict(getattr(params, k)) for k in STAGES["train_tokenizer"].groups}
     blob = json.dumps(relevant, sort_keys=True) + "".join(sha256_file(d / "videos.csv") for d in _as_dirs(frames))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
