@@ -150,7 +150,7 @@ def test_gfvd_result_provenance_and_real_features(setup: dict, tmp_path: Path,
     held = held_out_clips(FrameStore(setup["frames"]).table, frames=16, split=1)
     assert acc["n_samples"] == 3 and acc["n_real_train"] == 3 and acc["n_real_test"] == len(held) > 0
     assert acc["samples"] in (0.0, 1 / 3, 2 / 3, 1.0) and 0 <= acc["real_test"] <= 1
-    assert acc["chance"] == 1 / params.generator.num_classes and "nearest class mean" in acc["classifier"]
+    assert acc["chance"] == 1 / gfvd_clips(setup["frames"], params)["label"].nunique() and "nearest class mean" in acc["classifier"]
     floor = r["reference_points"]["floor_real_train_vs_real_test"]
     assert floor["n_real_train"] == 3 and floor["n_real_test"] == len(held) and np.isfinite(floor["value"])
 
