@@ -140,9 +140,12 @@ def test_page_without_results_or_curves_says_so(run: Path, tmp_path: Path) -> No
 
 
 def test_parameters_that_differ_from_the_preset_are_listed(run: Path, tmp_path: Path) -> None:
-    root = project(run, tmp_path)
+    other = result("rFVD", 150.0)
+    other["provenance"]["params"]["prior"]["alpha"] = 0.5
+    root = project(run, tmp_path, {"fvd_embedded.json": result("gFVD", 400.0), "rfvd_embedded.json": other})
     page = run_report(root, DS, root / "r.html", tiny(), "tiny").read_text()
     assert "tokenizer.width" in page  # the micro run shrinks the tiny preset
+    assert "gFVD made with:" in page and "rFVD made with:" in page and "prior.alpha" in page
     assert param_diff({"a": {"b": 1, "c": (1, 2)}}, {"a": {"b": 2, "c": [1, 2]}}) == [("a.b", 1, 2)]
 
 

@@ -137,17 +137,18 @@ def _reconstruct(frames_dir: Path, tokenizer: Path, clips: pd.DataFrame, params:
     from larp.train.tokenizer import load_tokenizer
     from larp.visualize import to_uint8
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
     video = torch.stack([reader.read_clip(int(r.row), int(r.start)) for r in clips.itertuples()])
     try:
-        tok = load_tokenizer(tokenizer, params, "cpu")
+        tok = load_tokenizer(tokenizer, params, device)
     except RuntimeError as e:  # torch's shape mismatch: weights of other tokenizer parameters
         raise RunReportError(f"{tokenizer}: does not fit the tokenizer parameters "
                              f"({str(e).strip().splitlines()[-1].strip()})") from e
     recon = []
     with torch.no_grad():
         for i in range(0, len(video), 8):
-            recon.append(tok.decode(tok.encode(video[i:i + 8])).float().clamp(0, 1))
+            recon.append(tok.decode(tok.encode(video[i:i + 8].to(device))).float().clamp(0, 1).cpu())
     recon = torch.cat(recon)
     return to_uint8(video), to_uint8(recon), psnr_per_video(recon, video).tolist()
 
@@ -397,7 +398,7 @@ def param_diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
 
 
 def provenance_section(paths: RunPaths, results: dict[str, dict], curves: dict[str, pd.DataFrame],
-                       params: Params, preset_name: str, report_seconds: float) -> str:
+                       preset_name: str, report_seconds: float) -> str:
     from larp.provenance import git_revision, versions
 
     parts = ['<h2 id="provenance">Provenance</h2>']
@@ -408,20 +409,22 @@ def provenance_section(paths: RunPaths, results: dict[str, dict], curves: dict[s
         revs.append([name, git.get("commit"), git.get("dirty")])
     parts.append("<h3>Git revision</h3>" + H.table(["made by", "commit", "uncommitted changes"], revs))
 
-    diff = param_diff(json.loads(json.dumps(dataclasses.asdict(preset(preset_name)))),
-                      json.loads(json.dumps(dataclasses.asdict(params))))
-    parts.append(f"<h3>Parameters that differ from the preset <code>{H.esc(preset_name)}</code></h3>"
-                 + (H.table(["parameter", "preset", "this run"], diff) if diff else
-                    '<p class="note">none</p>'))
-    stale = []
+    # the parameters the results were made with (recorded in their provenance: declared inputs), not the
+    # current params.yaml, of which this stage tracks only what the reconstructions need
+    base = json.loads(json.dumps(dataclasses.asdict(preset(preset_name))))
+    made_with: dict[str, list[str]] = {}
     for name, r in results.items():
         used = (r.get("provenance") or {}).get("params")
         if isinstance(used, dict):
-            d = param_diff(used, json.loads(json.dumps(dataclasses.asdict(params))))
-            stale += [[name, k, a, b] for k, a, b in d]
-    if stale:
-        parts.append('<p class="note">Results made with other parameters than the current ones:</p>'
-                     + H.table(["result", "parameter", "then", "now"], stale))
+            made_with.setdefault(json.dumps(used, sort_keys=True), []).append(name)
+    parts.append(f"<h3>Parameters that differ from the preset <code>{H.esc(preset_name)}</code></h3>")
+    if not made_with:
+        parts.append('<p class="note">No result file records its parameters.</p>')
+    for used, names in made_with.items():
+        diff = param_diff(base, json.loads(used))
+        caption = f'<p class="note">{H.esc(", ".join(names))} made with:</p>' if len(made_with) > 1 else ""
+        parts.append(caption + (H.table(["parameter", "preset", "this run"], diff) if diff else
+                                '<p class="note">none</p>'))
 
     hashes = []
     if paths.tokenizer().is_file():
@@ -480,6 +483,6 @@ def run_report(root: Path, dataset: str, out: Path, params: Params, preset_name:
             f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p>",
             H.table(["metric", "value", "95% CI"], summary) if summary else "",
             videos_section(rows, n_classes, fps), metrics_section(results), curves_section(curves)]
-    body.append(provenance_section(paths, results, curves, params, preset_name, time.time() - t0))
+    body.append(provenance_section(paths, results, curves, preset_name, time.time() - t0))
     atomic_write_text(out, H.page(f"LARP run report: {dataset}", "\n".join(body)))
     return Path(out)

@@ -1,0 +1,27 @@
+# The run report: one offline HTML page (videos per class, training curves, FVDs, provenance), last of a run.
+# It reads every protocol's result (dvc.yaml builds them all), so asking for it also asks for FP-FVD.
+
+
+rule report:
+    input:
+        "data/frames/{dataset}",
+        "checkpoints/{dataset}/tokenizer.safetensors",
+        sample_shards,
+        "results/fvd_{dataset}.json",
+        "results/rfvd_{dataset}.json",
+        "results/fvd_{dataset}_fp.json",
+        "results/{dataset}/tokenizer_metrics.csv",
+        "results/{dataset}/ar_metrics.csv",
+        "results/{dataset}/ar_fp_metrics.csv",
+        "src/larp/report.py",
+        "src/larp/run_report.py",
+        "src/larp/html_page.py",
+        "src/larp/visualize.py",
+    output:
+        "results/report_{dataset}.html",
+    params:
+        tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior"),
+    log:
+        "logs/report/{dataset}.log",
+    shell:
+        "larp report run --dataset {wildcards.dataset} --out results/report_{wildcards.dataset}.html 2> {log}"
