@@ -1,4 +1,5 @@
-"""Ablation reports: one parameter (e.g. ``prior.alpha``) against gFVD / rFVD, as a Markdown table and a PNG.
+"""Ablation reports: one parameter (e.g. ``prior.alpha``) against gFVD / rFVD, as a Markdown table, a PNG and
+an offline HTML page; and the ``larp report`` command line (``run``: the run page of :mod:`larp.run_report`).
 
 Rows come from DVC experiments (``dvc exp show --json`` lists them; the full result JSON of each one is read
 from its git commit, because ``exp show`` drops list values such as ``ci95``) or from plain result files
@@ -415,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "results/rfvd_<dataset>.json are read (e.g. embedded, ucf101)")
     p.add_argument("--param", default="prior.alpha",
                    help="dotted parameter on the x axis (default: prior.alpha)")
-    p.add_argument("--out", type=Path, required=True, help="output stem: writes OUT.md and OUT.png "
+    p.add_argument("--out", type=Path, required=True, help="output stem: writes OUT.md, OUT.png and OUT.html "
                    "(e.g. results/ablation_prior_alpha)")
     p.add_argument("--repo", type=Path, default=Path("."), help="DVC repository whose experiments "
                    "(`dvc exp show --json`) are read (default: .)")
