@@ -31,7 +31,7 @@ import pandas as pd
 
 from larp import html_page
 from larp.config import DATASETS, ParamsError, read_params_file
-from larp.files import atomic_path, atomic_write_text
+from larp.files import atomic_path, atomic_write_text, read_json_object
 
 METRICS = ("gfvd", "rfvd", "psnr", "ssim", "lpips", "n_generated")
 _CI_METRICS = ("gfvd", "rfvd")  # these carry a bootstrap 95% CI (<metric>_ci_low / _ci_high)
@@ -109,13 +109,7 @@ def _param_from_results(fvd: dict | None, rfvd: dict | None, param: str, where: 
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, ReportError)
 
 
 def experiments_from_files(paths: list[Path], param: str = "prior.alpha") -> list[dict]:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from larp import html_page as H
 from larp.config import Params, preset
-from larp.files import atomic_write_text, sha256_file
+from larp.files import atomic_write_text, read_json_object, sha256_file
 
 # the result files of a run and how the page names them, in display order
 RESULTS = {"gFVD": "fvd_{ds}.json", "rFVD": "rfvd_{ds}.json", "FP-FVD": "fvd_{ds}_fp.json"}
@@ -68,13 +68,7 @@ class RunPaths:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunReportError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise RunReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, RunReportError)
 
 
 def read_results(paths: RunPaths) -> dict[str, dict]:
