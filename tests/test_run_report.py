@@ -102,7 +102,7 @@ def test_page_shows_each_class_with_three_playable_videos(run: Path, tmp_path: P
     vids = videos_in(page)
     sampled = set(pd.concat(pd.read_csv(f) for f in (run / "data" / "samples" / DS).glob("*/samples.csv"))["label"])
     assert len(vids) == 3 + 3 + len(sampled)  # real | reconstruction | generated (of the classes sampled)
-    assert page.count("<td><span class=\"note\">none</span></td>") == 3 - len(sampled)
+    assert page.count("no sample of this class in the gFVD set") == 3 - len(sampled)
     import av
 
     with av.open(io.BytesIO(vids[2])) as c:
@@ -156,6 +156,11 @@ def test_bad_inputs_fail_naming_the_file(run: Path, tmp_path: Path) -> None:
         run_report(root, DS, root / "r.html", tiny(), "tiny")
     with pytest.raises(RunReportError, match="frames not found"):
         run_report(tmp_path / "nowhere", DS, root / "r.html", tiny(), "tiny")
+    empty = tmp_path / "empty"
+    (empty / "data").mkdir(parents=True)
+    (empty / "data" / "frames").symlink_to(run / "data" / "frames")
+    with pytest.raises(RunReportError, match="tokenizer.safetensors: not found"):
+        run_report(empty, DS, root / "r.html", tiny(), "tiny")
     with pytest.raises(RunReportError, match="--max-videos"):
         run_report(root, DS, root / "r.html", tiny(), "tiny", max_videos=0)
 

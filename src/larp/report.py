@@ -432,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: params.yaml)")
     p.add_argument("--root", type=Path, default=Path("."), help="project root whose data/, checkpoints/ and "
                    "results/ are read (default: .)")
-    p.add_argument("--max-videos", type=int, default=None, metavar="N",
-                   help="show the first N classes only (three videos each; default: every class)")
+    p.add_argument("--max-videos", type=int, default=101, metavar="N",
+                   help="show the first N classes only (three videos each; default: 101, every UCF-101 class)")
     return ap
 
 

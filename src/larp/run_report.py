@@ -96,10 +96,10 @@ def read_curves(paths: RunPaths) -> dict[str, pd.DataFrame]:
 class ClassRow:
     label: int
     class_name: str
-    real: np.ndarray | None  # uint8 (t, h, w, 3)
-    recon: np.ndarray | None
+    real: np.ndarray  # uint8 (t, h, w, 3)
+    recon: np.ndarray
     generated: np.ndarray | None
-    psnr: float | None  # of the reconstruction
+    psnr: float  # of the reconstruction
 
 
 def _held_out_clips(frames_dir: Path, params: Params, max_classes: int | None) -> pd.DataFrame:
@@ -166,18 +166,17 @@ def _generated_by_class(samples_dir: Path, labels: list[int]) -> dict[int, np.nd
 
 
 def class_rows(paths: RunPaths, params: Params, max_classes: int | None) -> list[ClassRow]:
+    """One row per class (the first ``max_classes``); a class the gFVD protocol drew no sample of has none."""
+    for path, stage in ((paths.tokenizer(), "larp train-tokenizer"), (paths.samples(), "larp sample")):
+        if not path.exists():
+            raise RunReportError(f"{path}: not found (run `{stage}` first)")
     clips = _held_out_clips(paths.frames(), params, max_classes)
-    real = recon = psnr = None
-    if len(clips) and paths.tokenizer().is_file():
-        real, recon, psnr = _reconstruct(paths.frames(), paths.tokenizer(), clips, params)
-    generated = (_generated_by_class(paths.samples(), clips["label"].astype(int).tolist())
-                 if paths.samples().is_dir() else {})
-    rows = []
-    for i, r in enumerate(clips.itertuples()):
-        rows.append(ClassRow(int(r.label), str(r.class_name), None if real is None else real[i],
-                             None if recon is None else recon[i], generated.get(int(r.label)),
-                             None if psnr is None else float(psnr[i])))
-    return rows
+    if clips.empty:
+        raise RunReportError(f"{paths.frames()}: no video has the {params.data.frames} frames of a clip")
+    real, recon, psnr = _reconstruct(paths.frames(), paths.tokenizer(), clips, params)
+    generated = _generated_by_class(paths.samples(), clips["label"].astype(int).tolist())
+    return [ClassRow(int(r.label), str(r.class_name), real[i], recon[i], generated.get(int(r.label)),
+                     float(psnr[i])) for i, r in enumerate(clips.itertuples())]
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -313,11 +312,12 @@ def videos_section(rows: list[ClassRow], n_classes: int | None, fps: int) -> str
     from larp.visualize import webm_bytes
 
     def cell(v: np.ndarray | None, title: str) -> str:
-        return H.video(webm_bytes(v, fps=fps), title) if v is not None else '<span class="note">none</span>'
+        return (H.video(webm_bytes(v, fps=fps), title) if v is not None else
+                '<span class="note">no sample of this class in the gFVD set</span>')
 
     body = []
     for r in rows:
-        psnr = f'<div class="note">PSNR {r.psnr:.2f} dB</div>' if r.psnr is not None else ""
+        psnr = f'<div class="note">PSNR {r.psnr:.2f} dB</div>'
         body.append(f'<tr class="class-row" data-label="{r.label}"><th>{H.esc(r.class_name)}<br>'
                     f'<span class="note">class {r.label}</span></th>'
                     f"<td>{cell(r.real, f'real {r.class_name}')}</td>"
