@@ -21,6 +21,9 @@ rule report:
         "results/report_{dataset}.html",
     params:
         tracked=tracked("presets.{dataset}", "data", "tokenizer", "prior"),
+    threads: stage_threads("fvd")  # the reconstructions run the tokenizer: an evaluation job's resources
+    resources:
+        **stage_resources("fvd"),
     log:
         "logs/report/{dataset}.log",
     shell:
