@@ -34,13 +34,17 @@ class Chromium:
         self._from_browser, from_browser_w = os.pipe()
 
         def fds() -> None:  # in the child: the pipe ends become fds 3 and 4, inheritable
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
+            # copies first: os.pipe may itself have returned 3 or 4, which the other dup2 would overwrite
+            r, w = os.dup(to_browser_r), os.dup(from_browser_w)
+            os.dup2(r, 3)
+            os.dup2(w, 4)
 
+        user_data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(user_data_dir / "chromium-stderr.log", "w+b")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [exe, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={user_data_dir}",
              f"--window-size={width},{height}", "about:blank"],
-            preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=self._log)
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._replies: dict[int, dict] = {}
@@ -67,7 +71,8 @@ class Chromium:
         except queue.Empty:
             raise TimeoutError("chromium: no answer before the deadline") from None
         if msg is None:
-            raise RuntimeError(f"chromium exited (rc {self.proc.poll()})")
+            self._log.seek(0)
+            raise RuntimeError(f"chromium exited (rc {self.proc.wait()}): {self._log.read()[-2000:].decode(errors='replace')}")
         if "id" in msg:
             self._replies[msg["id"]] = msg
         else:
@@ -120,6 +125,7 @@ class Chromium:
             self.proc.kill()
             self.proc.wait()
         os.close(self._to_browser)
+        self._log.close()
 
     def __enter__(self) -> Chromium:
         return self
