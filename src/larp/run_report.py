@@ -254,7 +254,7 @@ def fvd_png(results: dict[str, dict]) -> bytes:
                     label="FVD (95% bootstrap CI)" if y == 0 else None)
         ax.annotate(f"{v:.1f}", (v, y), textcoords="offset points", xytext=(0, 7), fontsize=8, ha="center")
         for key, (rv, rlo, rhi) in reference_points(results[name]).items():
-            label = key.split(".")[-1]
+            label = next(w for w in _REFERENCE_WORDS if w in key.split(".")[-1].lower())  # one marker per kind
             if label not in seen:
                 seen[label] = next(markers, "o")
             rerr = [[max(rv - rlo, 0)], [max(rhi - rv, 0)]] if rlo is not None and rhi is not None else None
