@@ -27,8 +27,8 @@ AFTER_TOKENIZER = ALL_STAGES - {"download@embedded", "extract@embedded"}
 FAST = {  # smaller counts, same code
     "embedded": {"num_classes": 4, "train_per_class": 2, "test_per_class": 1, "min_frames": 20, "max_frames": 32},
     "train_tokenizer": {"max_steps": 30, "checkpoint_every": 10},
-    "train_ar": {"max_steps": 30, "checkpoint_every": 10},
-    "train_ar_fp": {"max_steps": 30, "checkpoint_every": 10},
+    "train_ar": {"max_steps": 30, "checkpoint_every": 10, "global_batch": 8, "micro_batch": 8},  # 8 videos
+    "train_ar_fp": {"max_steps": 30, "checkpoint_every": 10, "global_batch": 8, "micro_batch": 8},
     "fvd": {"num_clips": 8, "fp_num_clips": 4, "bootstrap": 10},
 }
 
