@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything this project needs on a fresh Debian/Ubuntu machine:
-#   system tools (unar for UCF101.rar, ffmpeg for the extraction benchmark) and a virtual environment
+#   system tools (unar for UCF101.rar, ffmpeg for the extraction benchmark, chromium for the report's
+#   browser test) and a virtual environment
 #   .venv with the pinned Python dependencies and the `larp` package (editable).
 # Usage: bash scripts/install.sh            (VENV=path to choose another location)
 set -euo pipefail
@@ -12,6 +13,7 @@ need_apt=()
 command -v unar >/dev/null || need_apt+=(unar)
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
 command -v git >/dev/null || need_apt+=(git)
+command -v chromium >/dev/null || need_apt+=(chromium)  # renders the run report in the browser test
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing system packages: ${need_apt[*]}"

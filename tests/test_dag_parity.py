@@ -21,7 +21,7 @@ def test_dvc_and_snakemake_describe_the_same_pipeline():
     dvc = dvc_stages(ROOT)
     assert set(dvc) == {"download@embedded", "extract@embedded", "train_tokenizer", "tokenize", "train_ar", "sample@0", "sample@1",
                         "fvd_real", "fvd", "rfvd", "tokenize_fp", "train_ar_fp", "sample_fp@0", "sample_fp@1",
-                        "fvd_real_fp", "fvd_fp"}
+                        "fvd_real_fp", "fvd_fp", "report"}
     smk = snakemake_jobs(ROOT, _targets(dvc))
     assert compare(dvc, smk) == []
 

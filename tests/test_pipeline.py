@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 ALL_STAGES = {"download@embedded", "extract@embedded", "train_tokenizer", "tokenize", "train_ar", "sample@0", "sample@1",
               "fvd_real", "fvd", "rfvd", "tokenize_fp", "train_ar_fp", "sample_fp@0", "sample_fp@1", "fvd_real_fp",
-              "fvd_fp"}
+              "fvd_fp", "report"}
 # the real clips' features depend on the frames and the protocol only
 AFTER_TOKENIZER = ALL_STAGES - {"download@embedded", "extract@embedded", "fvd_real", "fvd_real_fp"}
 
@@ -80,6 +80,7 @@ def test_dvc_repro_experiments(tmp_path):
     assert result["comparable_to_papers"] is False and result["n_generated"] == result["n_real"] == 8
     assert (repo / "data" / "samples" / "embedded" / "shard-0" / "grid.png").is_file()
     assert (repo / "results" / "embedded" / "tokenizer_metrics.csv").is_file()
+    assert (repo / "results" / "report_embedded.html").read_text().count('<tr class="class-row"') == 4
 
     # nothing changed: nothing runs
     assert ran_stages(run(["dvc", "repro"], repo)) == set()
@@ -100,7 +101,7 @@ def test_snakemake_then_dvc_commit_is_clean(tmp_path):
     """Snakemake executes, DVC records: after `dvc commit -f`, `dvc repro` has nothing to do."""
     repo = make_repo(tmp_path / "repo")
     run(["snakemake", "--cores", "2"], repo)
-    for f in ("fvd_embedded.json", "rfvd_embedded.json", "fvd_embedded_fp.json"):
+    for f in ("fvd_embedded.json", "rfvd_embedded.json", "fvd_embedded_fp.json", "report_embedded.html"):
         assert (repo / "results" / f).is_file()
     run(["dvc", "commit", "-f"], repo)
     assert "up to date" in run(["dvc", "status"], repo)

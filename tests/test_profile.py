@@ -21,7 +21,7 @@ PROFILE = ROOT / "slurm" / "config.yaml"
 WORKFLOW_FILES = ("Snakefile", "workflow", "params.yaml", "slurm", "src")
 STAGES = set(ResourcesParams.__dataclass_fields__)  # params.yaml `resources.<stage>`
 STAGE_OF_RULE = {"rfvd": "fvd", "tokenize_fp": "tokenize", "sample_fp": "sample", "fvd_fp": "fvd", "fvd_real": "fvd",
-                 "fvd_real_fp": "fvd"}  # rules that use another stage's resources; the others are named like theirs
+                 "fvd_real_fp": "fvd", "report": "fvd"}  # rules that use another stage's resources; the others are named like theirs
 SLURM_DEFAULT_MIN_JOB_AGE = 300  # seconds; squeue polling needs MinJobAge >= 3 x the first poll delay
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -130,9 +131,14 @@ def test_render_table_and_png(rows: list[dict], tmp_path: Path):
     df = ablation_table(rows, "prior.alpha", ["gfvd", "rfvd", "psnr"])
     assert df["prior.alpha"].tolist() == [BASE, *ALPHAS]
     assert {"gfvd_ci_low", "rfvd_ci_high", "psnr", "name", "rev"} <= set(df.columns)
-    md, png = tmp_path / "out" / "abl.md", tmp_path / "out" / "abl.png"
-    render_ablation(df, "prior.alpha", md, png, "alpha ablation")
+    md, png, page = (tmp_path / "out" / f"abl.{ext}" for ext in ("md", "png", "html"))
+    render_ablation(df, "prior.alpha", md, png, "alpha ablation", page)
     text = md.read_text()
+    # the same table and the plot itself inline in one offline page
+    html = page.read_text()
+    assert html.count("<tr>") == 1 + len(rows) and "Not comparable" in html and "<script" not in html
+    assert f'src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"' in html
+    assert f"{gfvd(ALPHAS[1]):.1f} [{gfvd(ALPHAS[1]) - 10:.1f}, {gfvd(ALPHAS[1]) + 20:.1f}]" in html
     for r in rows:
         a = r["value"]
         line = next(ln for ln in text.splitlines() if ln.startswith(f"| {a} |"))
@@ -166,6 +172,7 @@ def test_cli_from_dvc_and_from_files(repo: Path, rows: list[dict], tmp_path: Pat
     argv = ["ablation", "--dataset", "embedded", "--out", str(out), "--results", *map(str, files)]
     assert main_report(argv) == 0
     assert (tmp_path / "files/abl.md").read_text().count("| 0.") == 3
+    assert (tmp_path / "files/abl.html").read_text().count("<tr>") == 4
     assert f"{gfvd(0.3):.1f}" in capsys.readouterr().out
 
 

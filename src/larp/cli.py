@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("detectors", add_help=False, help="fetch the i3d-kinetics400 weights, compare two I3D "
                    "detectors (larp detectors --help)")
-    sub.add_parser("report", add_help=False, help="ablation table + plot over DVC experiments or result files "
-                   "(larp report ablation --help)")
+    sub.add_parser("report", add_help=False, help="the run report (one offline HTML page) and ablation tables "
+                   "(larp report run --help, larp report ablation --help)")
 
     p = sub.add_parser("params", help="print the resolved, validated parameters of a dataset")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))

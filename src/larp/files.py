@@ -1,4 +1,4 @@
-"""Atomic file writes and content hashes: every long job writes through these."""
+"""Atomic file writes, content hashes and checked JSON reads: every long job writes through these."""
 
 from __future__ import annotations
 
@@ -65,6 +65,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json_object(path: str | Path, error: type[Exception] = ValueError) -> dict:
+    """A JSON file that must hold an object; ``error`` (naming the file) when it is not valid JSON or no object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -55,6 +55,10 @@ STAGES: dict[str, Reads] = {
     "sample_fp": _SAMPLE,
     "fvd_real_fp": _FVD_REAL,
     "fvd_fp": _FVD,
+    # the run report: reconstructs a few test clips with the tokenizer, reads every result and curve
+    "report": Reads(("data", "tokenizer", "prior"),
+                    ("src/larp/report.py", "src/larp/run_report.py", "src/larp/html_page.py", "src/larp/visualize.py",
+                     *_LOAD_MODELS, *_CLIPS)),
     # the released checkpoints (Snakemake only): importing them; their sample/fvd/rfvd rules read as ours
     "import_released": Reads(("tokenizer", "prior", "generator"), ("src/larp/convert.py", "src/larp/models")),
 }

@@ -1,4 +1,5 @@
-"""Ablation reports: one parameter (e.g. ``prior.alpha``) against gFVD / rFVD, as a Markdown table and a PNG.
+"""Ablation reports: one parameter (e.g. ``prior.alpha``) against gFVD / rFVD, as a Markdown table, a PNG and
+an offline HTML page; and the ``larp report`` command line (``run``: the run page of :mod:`larp.run_report`).
 
 Rows come from DVC experiments (``dvc exp show --json`` lists them; the full result JSON of each one is read
 from its git commit, because ``exp show`` drops list values such as ``ci95``) or from plain result files
@@ -28,7 +29,9 @@ from typing import Any
 
 import pandas as pd
 
-from larp.files import atomic_path, atomic_write_text
+from larp import html_page
+from larp.config import DATASETS, ParamsError, read_params_file
+from larp.files import atomic_path, atomic_write_text, read_json_object
 
 METRICS = ("gfvd", "rfvd", "psnr", "ssim", "lpips", "n_generated")
 _CI_METRICS = ("gfvd", "rfvd")  # these carry a bootstrap 95% CI (<metric>_ci_low / _ci_high)
@@ -106,13 +109,7 @@ def _param_from_results(fvd: dict | None, rfvd: dict | None, param: str, where: 
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, ReportError)
 
 
 def experiments_from_files(paths: list[Path], param: str = "prior.alpha") -> list[dict]:
@@ -355,8 +352,10 @@ def _plot(df: pd.DataFrame, param: str, out_png: Path, title: str) -> None:
         fig.savefig(tmp, format="png", metadata={"Software": None})  # no version string: stable bytes
 
 
-def render_ablation(df: pd.DataFrame, param: str, out_md: Path, out_png: Path, title: str) -> None:
-    """Write the Markdown table (the plot embedded by relative path) and the PNG of FVD against ``param``."""
+def render_ablation(df: pd.DataFrame, param: str, out_md: Path, out_png: Path, title: str,
+                    out_html: Path | None = None) -> None:
+    """Write the Markdown table (the plot embedded by relative path) and the PNG of FVD against ``param``;
+    with ``out_html`` also a self-contained HTML page of both (the plot inline)."""
     out_md, out_png = Path(out_md), Path(out_png)
     if param not in df:
         raise ReportError(f"the table has no column {param!r}")
@@ -376,6 +375,24 @@ def render_ablation(df: pd.DataFrame, param: str, out_md: Path, out_png: Path, t
     text = (f"# {title}\n\n{markdown_table(df, param)}\n" + " ".join(foot) + "\n\n"
             f"![{title}]({Path(rel_png).as_posix()})\n")
     atomic_write_text(out_md, text)
+    if out_html is not None:
+        atomic_write_text(out_html, html_table_page(df, param, out_png.read_bytes(), title, foot))
+
+
+def html_table_page(df: pd.DataFrame, param: str, png: bytes, title: str, foot: list[str]) -> str:
+    """The ablation as one offline HTML page: the table of :func:`markdown_table` and the plot inline."""
+    rows = []
+    for _, r in df.iterrows():
+        exp = f"{r['name']}" + (f" ({str(r['rev'])[:7]})" if isinstance(r.get("rev"), str) else "")
+        if isinstance(r.get("note"), str):
+            exp += f" — {r['note']}"
+        rows.append([r[param], _with_ci(r, "gfvd") if "gfvd" in df else "–",
+                     _with_ci(r, "rfvd") if "rfvd" in df else "–",
+                     _num(r.get("psnr"), 2) if "psnr" in df else "–", exp])
+    notes = " ".join(f.replace("**", "") for f in foot)
+    body = (html_page.table([param, "gFVD [95% CI]", "rFVD [95% CI]", "PSNR (dB)", "experiment"], rows)
+            + f'<p class="note">{html_page.esc(notes)}</p>' + html_page.img(png, title))
+    return html_page.page(title, body)
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -387,13 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ablation", help="table + plot of gFVD/rFVD (with bootstrap CIs) against one parameter",
         description="Collect one row per run (DVC experiments of --repo, or the --results files), write "
-        "OUT.md (Markdown table: param, gFVD [CI], rFVD [CI], PSNR, experiment) and OUT.png (FVD vs param "
-        "with 95% CI error bars). Works offline (matplotlib Agg).")
+        "OUT.md (Markdown table: param, gFVD [CI], rFVD [CI], PSNR, experiment), OUT.png (FVD vs param "
+        "with 95% CI error bars) and OUT.html (both in one offline page). Works offline (matplotlib Agg).")
     p.add_argument("--dataset", required=True, help="dataset whose results/fvd_<dataset>.json and "
                    "results/rfvd_<dataset>.json are read (e.g. embedded, ucf101)")
     p.add_argument("--param", default="prior.alpha",
                    help="dotted parameter on the x axis (default: prior.alpha)")
-    p.add_argument("--out", type=Path, required=True, help="output stem: writes OUT.md and OUT.png "
+    p.add_argument("--out", type=Path, required=True, help="output stem: writes OUT.md, OUT.png and OUT.html "
                    "(e.g. results/ablation_prior_alpha)")
     p.add_argument("--repo", type=Path, default=Path("."), help="DVC repository whose experiments "
                    "(`dvc exp show --json`) are read (default: .)")
@@ -404,12 +421,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "the parameter value comes from each file's provenance.params)")
     p.add_argument("--title", default=None,
                    help="plot and table title (default: 'Ablation of PARAM on DATASET')")
+
+    p = sub.add_parser(
+        "run", help="one self-contained HTML page of a finished run (videos, curves, FVDs, provenance)",
+        description="Per class a real held-out clip | its tokenizer reconstruction | a generated sample, the "
+        "training curves, gFVD/rFVD/FP-FVD with bootstrap CIs and reference points, and the provenance, in "
+        "one offline HTML file (every image and video inline). Reads the pipeline's files under --root.")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--out", type=Path, required=True, help="the HTML file (e.g. results/report_embedded.html)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: params.yaml)")
+    p.add_argument("--root", type=Path, default=Path("."), help="project root whose data/, checkpoints/ and "
+                   "results/ are read (default: .)")
+    p.add_argument("--max-videos", type=int, default=101, metavar="N",
+                   help="show the first N classes only (three videos each; default: 101, every UCF-101 class)")
     return ap
 
 
 def main_report(argv: list[str] | None = None) -> int:
     """``larp report ablation ...``: returns the exit code (2 on unreadable experiments or results)."""
     args = build_parser().parse_args(argv)
+    if args.report == "run":
+        return _main_run(args)
     try:
         if args.results:
             rows = experiments_from_files(args.results, args.param)
@@ -418,12 +450,30 @@ def main_report(argv: list[str] | None = None) -> int:
         df = ablation_table(rows, args.param, ["gfvd", "rfvd", "psnr", "ssim", "lpips", "n_generated"])
         out_md, out_png = (args.out.with_name(args.out.name + ext) for ext in (".md", ".png"))
         title = args.title or f"Ablation of {args.param} on {args.dataset}"
-        render_ablation(df, args.param, out_md, out_png, title)
+        out_html = args.out.with_name(args.out.name + ".html")
+        render_ablation(df, args.param, out_md, out_png, title, out_html)
     except ReportError as e:
         print(f"larp report: {e}", file=sys.stderr)
         return 2
     print(markdown_table(df, args.param), end="")
-    print(f"wrote {out_md} and {out_png}")
+    print(f"wrote {out_md}, {out_png} and {out_html}")
+    return 0
+
+
+def _main_run(args: argparse.Namespace) -> int:
+    """``larp report run ...``: 2 on invalid parameters or a missing/unreadable input."""
+    from larp.run_report import RunReportError, run_report
+    from larp.train.checkpoint import CheckpointError
+
+    try:
+        pf = read_params_file(args.params)
+        params = pf.resolve(args.dataset)
+        out = run_report(args.root, args.dataset, args.out, params, pf.presets[args.dataset],
+                         max_videos=args.max_videos)
+    except (ParamsError, RunReportError, CheckpointError, FileNotFoundError) as e:
+        print(f"larp report run: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import av
@@ -42,3 +43,22 @@ def write_mp4(video: np.ndarray, path: str | Path, fps: int = 8) -> None:
         for img in video:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")))
         out.mux(stream.encode())
+
+
+def webm_bytes(video: np.ndarray, fps: int = 8, min_side: int = 96) -> bytes:
+    """uint8 (t, h, w, 3) -> a VP8 WebM in memory, the frames enlarged by pixel repetition to at least
+    ``min_side`` pixels (browsers blur small videos when they scale them up). VP8 is what every browser
+    plays, Chromium builds without proprietary codecs included."""
+    t, h, w, _ = video.shape
+    k = max(1, -(-min_side // min(h, w)))
+    video = np.repeat(np.repeat(video, k, axis=1), k, axis=2)
+    video = np.pad(video, ((0, 0), (0, video.shape[1] % 2), (0, video.shape[2] % 2), (0, 0)), mode="edge")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="webm") as out:
+        stream = out.add_stream("libvpx", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
+        stream.options = {"crf": "10", "b:v": "1M", "deadline": "good", "cpu-used": "4"}
+        for img in video:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")))
+        out.mux(stream.encode())
+    return buf.getvalue()

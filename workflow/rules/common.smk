@@ -102,10 +102,10 @@ sample_fp_shards = shard_dirs("data/samples_fp/{dataset}")
 
 
 # What the default target (`snakemake` with no target) evaluates for each dataset: the paper's protocols
-# (UCF-101: class-conditional gFVD + rFVD; K600: frame-prediction FP-FVD); embedded: every protocol, to prove
-# the whole chain. Any result file can still be asked for by name.
+# (UCF-101: class-conditional gFVD + rFVD; K600: frame-prediction FP-FVD); embedded: every protocol and the
+# run report, to prove the whole chain. Any result file can still be asked for by name.
 DEFAULT_RESULTS = {
-    "embedded": ("fvd_{ds}.json", "rfvd_{ds}.json", "fvd_{ds}_fp.json"),
+    "embedded": ("fvd_{ds}.json", "rfvd_{ds}.json", "fvd_{ds}_fp.json", "report_{ds}.html"),
     "ucf101": ("fvd_{ds}.json", "rfvd_{ds}.json"),
     "k600": ("fvd_{ds}_fp.json",),
 }
