@@ -241,3 +241,15 @@ def test_gan_start_and_update_schedule():
     own = TokenizerLoss(replace(PAPER.loss, perceptual_weight=0.0, disc_start=2, disc_self_start=1), PAPER.prior)
     assert own.update_discriminator_now(step=0, epoch=1) and not own.update_discriminator_now(step=0, epoch=0)
     assert not own.gan_active(step=0, epoch=1)  # the generator's adversarial term still waits for disc_start
+
+
+def test_generator_loss_mse_term(parts):
+    """loss.mse_weight adds the pixel MSE beside the L1 (0 in the paper preset: the official objective)."""
+    tok, _, x = parts
+    assert PAPER.loss.mse_weight == 0.0
+    params = replace(PAPER.loss, perceptual_weight=0.0, mse_weight=2.0)
+    out = tok(x, step=0, max_steps=10)
+    g = TokenizerLoss(params, replace(PAPER.prior, alpha=0.0)).generator_loss(x, out, None, step=0, epoch=0)
+    mse = (x - out.reconstruction).square().mean()
+    assert g.mse.item() == pytest.approx(mse.item(), rel=1e-5)
+    assert g.total.item() == pytest.approx((g.l1 + 2.0 * mse + 0.1 * g.vq).item(), rel=1e-5)

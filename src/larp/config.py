@@ -293,6 +293,7 @@ class LossParams:
     """Tokenizer objective (LARP_SPEC.md section 3)."""
 
     l1_weight: float
+    mse_weight: float  # pixel MSE beside the L1 (ours; 0 = official objective)
     perceptual_weight: float  # LPIPS-VGG; 0 = no LPIPS (no weights download)
     gan_weight: float
     vq_weight: float
@@ -310,7 +311,7 @@ class LossParams:
     gan_start_compares_epoch: bool
 
     def validate(self) -> None:
-        for k in ("l1_weight", "perceptual_weight", "gan_weight", "vq_weight", "lecam_weight"):
+        for k in ("l1_weight", "mse_weight", "perceptual_weight", "gan_weight", "vq_weight", "lecam_weight"):
             _check(getattr(self, k) >= 0, f"loss.{k}", "must be >= 0")
         _check(self.d_update_every >= 1, "loss.d_update_every", "must be >= 1")
         _check(0 <= self.lecam_ema_decay < 1, "loss.lecam_ema_decay", "must be in [0, 1)")

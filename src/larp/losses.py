@@ -1,7 +1,7 @@
 """Tokenizer objective (LARP_SPEC.md section 3): L1 + LPIPS-VGG + non-saturating GAN + VQ + prior, and the
 discriminator's ns_smooth loss with LeCam.
 
-    L_G = l1 * mean|x - x^| + perceptual * LPIPS(x, x^) + gan * softplus(-D(x^)).mean()
+    L_G = l1 * mean|x - x^| + mse * mean(x - x^)^2 + perceptual * LPIPS(x, x^) + gan * softplus(-D(x^)).mean()
           + vq * (commit_w * commit + codebook_w * codebook) + alpha * L_prior
     L_D = BCE(D(x), y_real) + BCE(D(sg x^), y_fake) + lecam_w(^2) * LeCam
 
@@ -186,6 +186,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
 class GeneratorLoss(NamedTuple):
     total: Tensor  # the scalar to back-propagate
     l1: Tensor
+    mse: Tensor
     perceptual: Tensor  # 0 when perceptual_weight == 0
     gan: Tensor  # unweighted non-saturating G loss (0 when off)
     vq: Tensor  # commit_w * commit + codebook_w * codebook (unweighted by vq_weight)
@@ -246,7 +247,8 @@ class TokenizerLoss(nn.Module):
         p = self.params
         recon = out.reconstruction
         zero = recon.new_zeros((), dtype=torch.float32)
-        l1 = (video.float() - recon.float()).abs().mean()
+        error = video.float() - recon.float()
+        l1, mse = error.abs().mean(), error.square().mean()
         perceptual = video_lpips(self.lpips, video, recon) if self.lpips is not None else zero
         active = disc is not None and self.gan_active(step=step, epoch=epoch)
         gan = zero
@@ -257,12 +259,13 @@ class TokenizerLoss(nn.Module):
         prior = out.prior_loss if out.prior_loss is not None else zero
         total = (
             p.l1_weight * l1
+            + p.mse_weight * mse
             + p.perceptual_weight * perceptual
             + p.gan_weight * gan
             + p.vq_weight * vq
             + self.prior_params.alpha * prior
         )
-        return GeneratorLoss(total, l1, perceptual, gan, vq, prior, active)
+        return GeneratorLoss(total, l1, mse, perceptual, gan, vq, prior, active)
 
     def discriminator_loss(
         self,
