@@ -64,43 +64,34 @@ def gfvd_real_clips(
 def held_out_clips(table: pd.DataFrame, frames: int = 16, split: int = 1) -> pd.DataFrame:
     """Every non-overlapping ``frames``-clip of the split's test videos, in table order (the class probe's real
     held-out set)."""
+    return _clip_index(_train_rows(table, split, "test"), frames)
+
+
+def _clip_index(videos: pd.DataFrame, frames: int) -> pd.DataFrame:
+    """Every non-overlapping ``frames``-clip of ``videos`` (row, video_id, start, label): video j contributes
+    clips k = 0..num_frames_j // frames - 1, videos in table order."""
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    videos = _train_rows(table, split, "test")
     per_video = (videos["num_frames"] // frames).to_numpy()
     src = videos.iloc[np.repeat(np.arange(len(videos)), per_video)]
-    starts = np.concatenate([np.arange(k) * frames for k in per_video]) if len(per_video) else np.zeros(0)
+    clip_k = np.arange(len(src)) - np.repeat(np.cumsum(per_video) - per_video, per_video)
     return pd.DataFrame({"row": src["row"].to_numpy(), "video_id": src["video_id"].to_numpy(),
-                         "start": starts.astype(np.int64), "label": src["label"].to_numpy()})
+                         "start": (clip_k * frames).astype(np.int64), "label": src["label"].to_numpy()})
 
 
 def _draw_clips(videos: pd.DataFrame, frames: int, num_clips: int, seed: int, what: str) -> pd.DataFrame:
     """Index every non-overlapping ``frames``-clip of ``videos`` (in order), draw ``num_clips`` with
     ``random.Random(seed).sample``; the clips in draw order."""
-    if frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
-    per_video = (videos["num_frames"] // frames).to_numpy()
-    n_index = int(per_video.sum())
-    if num_clips > n_index:
+    index = _clip_index(videos, frames)
+    if num_clips > len(index):
         raise ValueError(
             f"{what} asks for num_clips={num_clips} clips but its videos hold only "
-            f"{n_index} non-overlapping {frames}-frame clips"
+            f"{len(index)} non-overlapping {frames}-frame clips"
         )
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
-    # the index: video j contributes clips k = 0..per_video[j]-1, videos in table order
-    video_pos = np.repeat(np.arange(len(videos)), per_video)
-    clip_k = np.arange(n_index) - np.repeat(np.cumsum(per_video) - per_video, per_video)
-    pick = np.asarray(random.Random(seed).sample(range(n_index), num_clips), dtype=np.int64)
-    src = videos.iloc[video_pos[pick]]
-    return pd.DataFrame(
-        {
-            "row": src["row"].to_numpy(),
-            "video_id": src["video_id"].to_numpy(),
-            "start": clip_k[pick] * frames,
-            "label": src["label"].to_numpy(),
-        }
-    )
+    pick = random.Random(seed).sample(range(len(index)), num_clips)
+    return index.iloc[pick].reset_index(drop=True)
 
 
 FP_SPLITS = {"train": "train", "val": "test"}  # split -> its value in the index's split1 column (K600)
