@@ -323,7 +323,7 @@ class _ReconStats:
                 "codebook_usage": len(self.codes) / self.codebook_size}
 
 
-def _reconstruct(tok, video: Tensor) -> tuple[Tensor, Tensor]:
+def reconstruct(tok, video: Tensor) -> tuple[Tensor, Tensor]:
     """Argmax token ids and the clamped reconstruction of a batch of clips."""
     with torch.no_grad(), torch.autocast(video.device.type, dtype=torch.float16, enabled=video.device.type == "cuda"):
         ids = tok.encode(video)
@@ -340,7 +340,7 @@ def _held_out_reconstruction(tok, frames_dir: Path, params: Params, device: torc
     stats, bs = _ReconStats(params.tokenizer.codebook_size), params.fvd.batch_size
     for i in tqdm(range(0, len(clips), bs), desc="held-out reconstructions", disable=not progress):
         video = torch.stack([clips[j][0] for j in range(i, min(i + bs, len(clips)))]).to(device)
-        stats.add(video, *_reconstruct(tok, video))
+        stats.add(video, *reconstruct(tok, video))
     return {"split": f"test (split {params.data.split}), every non-overlapping clip", "svq": "argmax",
             **stats.summary()}
 
@@ -371,7 +371,7 @@ def rfvd(dataset: str, frames_dir: Path, tokenizer_weights: Path, out: Path, par
     for i in tqdm(range(0, len(refs), bs), desc="rfvd", disable=not progress):
         chunk = refs.iloc[i:i + bs]
         video = torch.stack([reader.read_clip(int(r.row), int(r.start)) for r in chunk.itertuples()]).to(device)
-        ids, recon = _reconstruct(tok, video)
+        ids, recon = reconstruct(tok, video)
         real_f.append(detector(video))
         rec_f.append(detector(recon))
         stats.add(video, ids, recon)

@@ -58,7 +58,7 @@ STAGES: dict[str, Reads] = {
     # the run report: reconstructs a few test clips with the tokenizer, reads every result and curve
     "report": Reads(("data", "tokenizer", "prior"),
                     ("src/larp/report.py", "src/larp/run_report.py", "src/larp/html_page.py", "src/larp/visualize.py",
-                     *_LOAD_MODELS, *_CLIPS)),
+                     "src/larp/evaluate.py", *_LOAD_MODELS, *_CLIPS)),
     # the released checkpoints (Snakemake only): importing them; their sample/fvd/rfvd rules read as ours
     "import_released": Reads(("tokenizer", "prior", "generator"), ("src/larp/convert.py", "src/larp/models")),
 }

@@ -123,11 +123,12 @@ def _held_out_clips(frames_dir: Path, params: Params, max_classes: int | None) -
 
 def _reconstruct(frames_dir: Path, tokenizer: Path, clips: pd.DataFrame, params: Params):
     """(real uint8 (b, t, h, w, 3), reconstructions, PSNR per clip) with the tokenizer in eval mode
-    (argmax SVQ, as rFVD)."""
+    (argmax SVQ), reconstructed exactly as rFVD does."""
     import torch
 
     from larp.data.clips import ClipDataset
     from larp.eval.metrics import psnr_per_video
+    from larp.evaluate import reconstruct
     from larp.train.tokenizer import load_tokenizer
     from larp.visualize import to_uint8
 
@@ -139,11 +140,7 @@ def _reconstruct(frames_dir: Path, tokenizer: Path, clips: pd.DataFrame, params:
     except RuntimeError as e:  # torch's shape mismatch: weights of other tokenizer parameters
         raise RunReportError(f"{tokenizer}: does not fit the tokenizer parameters "
                              f"({str(e).strip().splitlines()[-1].strip()})") from e
-    recon = []
-    with torch.no_grad():
-        for i in range(0, len(video), 8):
-            recon.append(tok.decode(tok.encode(video[i:i + 8].to(device))).float().clamp(0, 1).cpu())
-    recon = torch.cat(recon)
+    recon = torch.cat([reconstruct(tok, video[i:i + 8].to(device))[1].cpu() for i in range(0, len(video), 8)])
     return to_uint8(video), to_uint8(recon), psnr_per_video(recon, video).tolist()
 
 
