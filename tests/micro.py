@@ -16,8 +16,8 @@ from larp.data.extract import extract_dataset
 from larp.data.index import build_index, write_index
 
 MICRO = {
-    "tokenizer": {"width": 32, "depth": 1, "heads": 4, "num_tokens": 16, "code_dim": 8, "codebook_size": 64,
-                  "prior_depth": 1, "prior_width": 32, "prior_heads": 4},
+    "tokenizer": {"width": 32, "depth": 1, "heads": 4, "num_tokens": 16, "code_dim": 8, "codebook_size": 64},
+    "prior": {"depth": 1, "width": 32, "heads": 4},
     "discriminator": {"width": 32, "depth": 1, "heads": 4},
     "train_tokenizer": {"max_steps": 3, "global_batch": 4, "micro_batch": 4, "checkpoint_every": 100,
                         "log_every": 1, "sample_every": None},

@@ -35,7 +35,7 @@ def test_paper_preset_matches_spec():
     t = p.tokenizer
     assert (t.patch_t, t.patch_hw, t.width, t.depth, t.heads, t.num_tokens) == (4, 8, 768, 12, 12, 1024)
     assert (t.code_dim, t.codebook_size, t.svq_temperature) == (16, 8192, 0.03)
-    assert (t.prior_depth, t.prior_width, t.prior_heads) == (12, 384, 6)
+    assert (p.prior.depth, p.prior.width, p.prior.heads, p.prior.max_len) == (12, 384, 6, 1024)
     d = p.discriminator
     assert (d.width, d.heads, d.depth) == (512, 8, 12)
     g = p.generator
@@ -74,6 +74,33 @@ def test_bad_values_name_the_key(tmp_path, doc, key):
     with pytest.raises(ParamsError) as e:
         read_params_file(write(tmp_path, doc))
     assert str(e.value).startswith(key), str(e.value)
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"tokenizer": {"prior_depth": 2}}, "tokenizer.prior_depth: moved to prior.depth"),
+    ({"tokenizer": {"use_prior": False}}, "tokenizer.use_prior: moved to prior.enabled"),
+    ({"train_tokenizer": {"honor_prior_lr_mult": True}},
+     "train_tokenizer.honor_prior_lr_mult: moved to prior.honor_lr_mult"),
+    ({"train_ar": {"prior_lr_mult": 50.0}}, "train_ar.prior_lr_mult: removed, unused (the generator has no prior"),
+    # every old key of a group at once, ahead of a plain typo
+    ({"tokenizer": {"prior_xavier_init": True, "prior_attn_dropout_in_eval": True, "widht": 3}},
+     "tokenizer.prior_attn_dropout_in_eval: moved to prior.attn_dropout_in_eval; "
+     "tokenizer.prior_xavier_init: moved to prior.xavier_init"),
+])
+def test_keys_of_the_old_layout_say_where_they_went(tmp_path, doc, message):
+    """The prior's settings moved into the one `prior` group; a params.yaml still using an old key is told."""
+    with pytest.raises(ParamsError) as e:
+        read_params_file(write(tmp_path, doc))
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_prior_enabled_and_alpha_are_separate(tmp_path):
+    p = load_params(write(tmp_path, {"prior": {"alpha": 0.0}}))
+    assert p.prior.enabled and p.prior.alpha == 0.0  # alpha = 0 keeps the module (it weights the loss only)
+    # the position table must cover the tokens, but only a prior that exists needs one
+    with pytest.raises(ParamsError, match=r"^prior\.max_len: must be >= tokenizer\.num_tokens \(64\), got 32"):
+        load_params(write(tmp_path, {"prior": {"max_len": 32}}))
+    assert load_params(write(tmp_path, {"prior": {"enabled": False, "max_len": 32}})).prior.max_len == 32
 
 
 def test_ints_accepted_for_floats_and_null_for_optionals(tmp_path):
@@ -245,6 +272,8 @@ def edited_tiny(tmp_path, monkeypatch):
     (lambda g: g["train_ar"].update(max_steps="300"), r"tiny\.yaml: train_ar\.max_steps: must be an integer"),
     (lambda g: g["sample"].update(dtype="fp8"), r"tiny\.yaml: sample\.dtype: must be one of"),
     (lambda g: g["prior"].update(alpha=-1), r"tiny\.yaml: prior\.alpha: must be >= 0"),
+    (lambda g: g["prior"].update(heads=5), r"tiny\.yaml: prior\.width: must be divisible by prior\.heads"),
+    (lambda g: g["tokenizer"].update(prior_depth=2), r"tiny\.yaml: tokenizer\.prior_depth: moved to prior\.depth"),
     (lambda g: g["generator"].update(seq_len=65), r"tiny\.yaml: generator\.seq_len: must equal tokenizer"),
 ])
 def test_a_bad_preset_file_names_the_file_and_the_key(edited_tiny, edit, match):

@@ -32,8 +32,8 @@ from larp.train.checkpoint import list_checkpoints
 SRC = Path(__file__).resolve().parents[1] / "src"
 STEPS_AR = 40  # enough for a signal to land in the middle of the run
 DETERMINISTIC = {
-    "tokenizer": {"svq_temperature": 1e-6, "prior_dropout": 0.0},
-    "prior": {"ss_max_ratio": 0.0},
+    "tokenizer": {"svq_temperature": 1e-6},
+    "prior": {"dropout": 0.0, "ss_max_ratio": 0.0},
     "loss": {"label_noise": 0.0, "d_update_every": 2},
     "generator": {"token_dropout": 0.0, "class_dropout": 0.0, "resid_dropout": 0.0, "ffn_dropout": 0.0},
     "train_tokenizer": {"max_steps": 4, "global_batch": 4, "micro_batch": 2, "amp": "none", "log_every": 1},

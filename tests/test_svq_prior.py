@@ -4,12 +4,16 @@ sampling, gradient paths, quirk switches)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from larp.config import preset
 from larp.models import SVQ, GPTCPrior, LARPTokenizer, prior_loss, scheduled_sampling_ratio
 from larp.models.prior import prior_logits
+
+TINY_PRIOR = preset("tiny").prior
 
 
 def hand_svq(temperature: float = 0.03) -> SVQ:
@@ -190,7 +194,7 @@ def test_prior_init_quirk_switch():
 
 
 def test_tokenizer_prior_uses_config_switches():
-    tok = LARPTokenizer.from_preset("tiny", prior_attn_dropout_in_eval=False, prior_dropout=0.0)
+    tok = LARPTokenizer.from_preset("tiny", prior=replace(TINY_PRIOR, attn_dropout_in_eval=False, dropout=0.0))
     attn = tok.prior.blocks[0].attn
     assert attn.attn_dropout == 0.0 and attn.attn_dropout_in_eval is False
 
@@ -198,12 +202,12 @@ def test_tokenizer_prior_uses_config_switches():
 def test_prior_position_table_has_the_official_1024_rows_whatever_the_token_count():
     torch.manual_seed(0)
     tok = LARPTokenizer.from_preset("tiny").train()  # 64 tokens
-    assert tok.config.num_tokens == 64 and tok.prior.pos_emb.shape == (1, 1024, tok.config.prior_width)
+    assert tok.config.num_tokens == 64 and tok.prior.pos_emb.shape == (1, 1024, TINY_PRIOR.width)
     out = tok(torch.rand(2, 3, 16, 32, 32), step=5, max_steps=10, generator=torch.Generator().manual_seed(0))
     out.prior_loss.backward()
     grad = tok.prior.pos_emb.grad[0]
     assert grad[:63].abs().sum(-1).gt(0).all()  # the prior reads tokens 0..62 (it predicts 1..63)
     assert torch.count_nonzero(grad[63:]) == 0  # the extra rows are never used
-    assert LARPTokenizer.from_preset("tiny", prior_max_len=64).prior.pos_emb.shape[1] == 64
-    with pytest.raises(ValueError, match="tokenizer.prior_max_len"):
-        LARPTokenizer.from_preset("tiny", prior_max_len=63)
+    assert LARPTokenizer.from_preset("tiny", prior=replace(TINY_PRIOR, max_len=64)).prior.pos_emb.shape[1] == 64
+    with pytest.raises(ValueError, match=r"prior\.max_len: must be >= tokenizer\.num_tokens \(64\)"):
+        LARPTokenizer.from_preset("tiny", prior=replace(TINY_PRIOR, max_len=63))

@@ -36,7 +36,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_tiny_tokenizer_overfits_trivial_clips_with_the_mse_pixel_loss():
     torch.manual_seed(0)
     x = square_clips()
-    prior = replace(TINY.prior, alpha=0.0)
+    prior = replace(TINY.prior, enabled=False)
     model = LARPTokenizer(TINY.tokenizer, prior)
     loss = TokenizerLoss(replace(TINY.loss, l1_weight=0.0, mse_weight=1.0, gan_weight=0.0), prior)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.9))

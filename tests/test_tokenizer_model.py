@@ -168,14 +168,22 @@ def test_stochastic_forward_samples_with_generator(tiny):
     assert not torch.equal(a, tiny.encode(x))  # tau = 0.03 over a random codebook: some tokens differ
 
 
-def test_no_prior_when_disabled():
-    tok = LARPTokenizer.from_preset("tiny", use_prior=False)
+def test_no_prior_when_disabled_or_not_given():
+    tok = LARPTokenizer.from_preset("tiny", prior=replace(preset("tiny").prior, enabled=False))
     assert tok.prior is None and not any(k.startswith("prior") for k in tok.state_dict())
-    tok2 = LARPTokenizer.from_preset("tiny", prior=replace(preset("tiny").prior, alpha=0.0))
-    assert tok2.prior is None
+    assert LARPTokenizer.from_preset("tiny", prior=False).prior is None
+    assert LARPTokenizer(preset("tiny").tokenizer).prior is None  # no prior group given: inference's tokenizer
     assert tok.num_params() == tok.num_params(include_prior=True)
     out = tok.train()(video())
     assert out.prior_loss is None and out.prior_top1 is None
+
+
+def test_alpha_zero_still_builds_and_runs_the_prior():
+    """prior.alpha only weights the loss (larp.losses); whether the module exists is prior.enabled."""
+    tok = LARPTokenizer.from_preset("tiny", prior=replace(preset("tiny").prior, alpha=0.0)).train()
+    assert tok.prior is not None
+    out = tok(video(), step=0, max_steps=10)
+    assert out.prior_loss is not None and out.prior_top1 is not None
 
 
 def test_bad_inputs_fail_early(tiny):
@@ -266,7 +274,7 @@ def test_load_weights_accepts_official_layout(tiny, tmp_path):
     for name in ("encoder_patch_pe", "decoder_latent_pe", "decoder_patch_query_embed"):
         state[name] = getattr(tiny, name).clone()
     torch.save(state, tmp_path / "official.pth")
-    plain = LARPTokenizer.from_preset("tiny", use_prior=False)
+    plain = LARPTokenizer.from_preset("tiny", prior=False)
     plain.load_weights(tmp_path / "official.pth")
     x = video()
     assert torch.equal(plain.encode(x), tiny.encode(x))

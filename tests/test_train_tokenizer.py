@@ -132,9 +132,11 @@ def test_kill_and_resume_is_bit_exact(frames_dir: Path, tmp_path: Path,
     for ra, rb in zip(a, b, strict=True):
         ra.pop("sec_per_step"), rb.pop("sec_per_step")
         assert ra == rb
-    # the weights load back into a tokenizer in eval mode
+    # the weights load back into a tokenizer in eval mode, built without the training-time prior whose
+    # trained weights the file holds (and which load_tokenizer skips)
     tok = load_tokenizer(out_b, params)
-    assert not tok.training and tok.prior is not None
+    assert not tok.training and tok.prior is None
+    assert any(k.startswith("tokenizer.prior_model.") for k in safetensors_parts(out_b)[0])
 
 
 def test_discriminator_phase_only_every_d_update_every_steps(frames_dir: Path, tmp_path: Path) -> None:
@@ -175,14 +177,14 @@ def test_metrics_csv_has_the_documented_columns(frames_dir: Path, tmp_path: Path
 # ---- the prior switch and the lr_mult quirk ----
 
 
-def test_alpha_zero_builds_no_prior_and_optimizes_no_prior_params() -> None:
+def test_disabled_prior_is_not_built_nor_optimized() -> None:
     with_prior = TokenizerTask(tiny(), total_steps=10, preview=None)
     groups = with_prior.configure_optimizers()["g"].param_groups
     prior_ids = {id(p) for p in with_prior.model.prior.parameters()}
     assert len(groups) == 2 and {id(p) for p in groups[1]["params"]} == prior_ids
     assert not prior_ids & {id(p) for p in groups[0]["params"]}
 
-    task = TokenizerTask(tiny(prior={"alpha": 0.0}), total_steps=10, preview=None)
+    task = TokenizerTask(tiny(prior={"enabled": False}), total_steps=10, preview=None)
     assert task.model.prior is None
     assert not [n for n, _ in task.model.named_parameters() if "prior" in n]
     groups = task.configure_optimizers()["g"].param_groups
@@ -196,6 +198,27 @@ def test_alpha_zero_builds_no_prior_and_optimizes_no_prior_params() -> None:
     assert "prior_top1" not in out.metrics and float(out.metrics["prior"]) == 0.0
 
 
+def test_alpha_zero_runs_the_prior_but_it_adds_nothing_to_the_loss() -> None:
+    """prior.alpha weights the loss and nothing else: at 0 the prior is built and runs (its metrics are
+    logged), the loss is that of the same step without the prior term, and no gradient reaches the prior."""
+    torch.manual_seed(0)
+    task = TokenizerTask(tiny(prior={"alpha": 0.0}), total_steps=10, preview=None)
+    assert task.model.prior is not None
+    task.configure_optimizers()
+    task.model.train()
+    video = torch.rand(2, 3, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = task.generator_loss((video, torch.zeros(2)), ctx_for(task, 0))
+    m = {k: float(torch.as_tensor(v).detach()) for k, v in out.metrics.items()}
+    assert {"prior_top1", "prior_top5", "ss_ratio"} <= set(m) and m["prior"] > 0
+    g = task.loss.params
+    without_prior = g.l1_weight * m["l1"] + g.vq_weight * m["vq"] + g.gan_weight * m["gan"]
+    assert g.perceptual_weight == 0 and g.mse_weight == 0
+    assert out.loss.item() == pytest.approx(without_prior, rel=1e-6)
+    out.loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in task.model.prior.parameters())
+    assert task.model.encoder_latent_query_embed.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("honor", [False, True])
 def test_prior_lr_mult_applies_only_when_honored(frames_dir: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch, honor: bool) -> None:
@@ -207,7 +230,7 @@ def test_prior_lr_mult_applies_only_when_honored(frames_dir: Path, tmp_path: Pat
         return seen[-1]
 
     monkeypatch.setattr(TokenizerTask, "configure_optimizers", record)
-    params = tiny(train_tokenizer={"max_steps": 2, "honor_prior_lr_mult": honor, "prior_lr_mult": 50.0})
+    params = tiny(train_tokenizer={"max_steps": 2}, prior={"honor_lr_mult": honor, "lr_mult": 50.0})
     train_tokenizer(frames_dir, tmp_path / "tok.safetensors", params, progress=False)
     main, prior = seen[0]["g"].param_groups
     assert main["lr"] > 0

@@ -171,33 +171,16 @@ class TokenizerConfig:
     code_dim: int
     codebook_size: int
     svq_temperature: float  # tau of softmax(cos / tau)
-    query_init_std: float
-    # the training-time AR prior (gptc-S)
-    use_prior: bool
-    prior_depth: int
-    prior_width: int
-    prior_heads: int
-    prior_dropout: float
-    # rows of the prior's position table: official GPTC always builds max_seq_len = 1024, whatever the token
-    # count (rows past num_tokens are unused); so weights of any released/official size import
-    prior_max_len: int
-    # [quirk] official GPTC applies attention dropout even in eval mode; False = the usual behaviour
-    prior_attn_dropout_in_eval: bool
-    # [quirk] official init overwrites GPTC's N(0, .02) with the tokenizer's xavier init; False keeps N(0, .02)
-    prior_xavier_init: bool
+    query_init_std: float  # the training-time AR prior is the `prior` group
 
     def validate(self) -> None:
         _check(self.frames % self.patch_t == 0, "tokenizer.frames", "must be a multiple of tokenizer.patch_t")
         _check(self.size % self.patch_hw == 0, "tokenizer.size", "must be a multiple of tokenizer.patch_hw")
         _check(self.width % self.heads == 0, "tokenizer.width", "must be divisible by tokenizer.heads")
-        _check(self.prior_width % self.prior_heads == 0, "tokenizer.prior_width", "must be divisible by prior_heads")
         _check(self.svq_temperature > 0, "tokenizer.svq_temperature", "must be > 0")
         _check(self.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2")
         _check(self.codebook_size <= 65536, "tokenizer.codebook_size", "must fit uint16 token storage (<= 65536)")
         _check(self.num_tokens >= 2, "tokenizer.num_tokens", "must be >= 2")
-        _check(0.0 <= self.prior_dropout < 1.0, "tokenizer.prior_dropout", "must be in [0, 1)")
-        _check(self.prior_max_len >= self.num_tokens, "tokenizer.prior_max_len",
-               f"must be >= tokenizer.num_tokens ({self.num_tokens}), got {self.prior_max_len}")
         _check(self.norm_eps > 0, "tokenizer.norm_eps", f"must be > 0, got {self.norm_eps}")
 
     @property
@@ -272,20 +255,48 @@ class GeneratorConfig:
 
 @dataclass
 class PriorParams:
-    """How the AR prior enters the tokenizer loss (LARP_SPEC.md section 2)."""
+    """The training-time AR prior (gptc-S, LARP_SPEC.md section 2), all of it: whether it exists, its
+    architecture, how it enters the tokenizer loss, its learning rate.
 
-    alpha: float  # weight of the prior CE; 0 disables the prior (no module, no compute)
+    Only `larp train-tokenizer` builds it. Every stage that uses a trained tokenizer (tokenize, sample, rfvd,
+    the report) builds the tokenizer without it and skips the stored ``prior_model.*`` weights.
+    """
+
+    enabled: bool  # false: no prior module at all (no weights, no compute, no prior metrics)
+    depth: int
+    width: int
+    heads: int
+    dropout: float
+    # rows of the position table: official GPTC always builds max_seq_len = 1024, whatever the token count
+    # (rows past tokenizer.num_tokens are unused); so weights of any released/official size import
+    max_len: int
+    # [quirk] official GPTC applies attention dropout even in eval mode; false = the usual behaviour
+    attn_dropout_in_eval: bool
+    # [quirk] official init overwrites GPTC's N(0, .02) with the tokenizer's xavier init; false keeps N(0, .02)
+    xavier_init: bool
+    # weight of the prior CE in the tokenizer loss, and nothing else. 0 with enabled: the prior is built and runs
+    # (its CE and accuracy are logged) but adds nothing to the loss, so neither the tokenizer nor the prior
+    # learns from it; enabled: false removes the module
+    alpha: float
     n_rounds: int
     ss_max_ratio: float  # scheduled sampling: replacement probability reached...
     ss_peak_steps_ratio: float  # ...after this fraction of all training steps
     ce_temperature: float
+    # the prior's optimizer group runs at train_tokenizer.lr x lr_mult when honor_lr_mult; [quirk] the
+    # official scheduler overwrites every group's lr, so its lr_mult = 50 has no effect (honor_lr_mult: false)
+    lr_mult: float
+    honor_lr_mult: bool
 
     def validate(self) -> None:
+        for key in ("depth", "width", "heads", "max_len", "n_rounds"):
+            _check(getattr(self, key) >= 1, f"prior.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(self.width % self.heads == 0, "prior.width", "must be divisible by prior.heads")
+        _check(0.0 <= self.dropout < 1.0, "prior.dropout", f"must be in [0, 1), got {self.dropout}")
         _check(self.alpha >= 0, "prior.alpha", f"must be >= 0, got {self.alpha}")
-        _check(self.n_rounds >= 1, "prior.n_rounds", "must be >= 1")
         _check(0 <= self.ss_max_ratio <= 1, "prior.ss_max_ratio", "must be in [0, 1]")
         _check(0 < self.ss_peak_steps_ratio <= 1, "prior.ss_peak_steps_ratio", "must be in (0, 1]")
         _check(self.ce_temperature > 0, "prior.ce_temperature", "must be > 0")
+        _check(self.lr_mult > 0, "prior.lr_mult", f"must be > 0, got {self.lr_mult}")
 
 
 @dataclass
@@ -338,9 +349,6 @@ class TrainParams:
     checkpoint_every: int  # steps
     log_every: int
     sample_every: int | None  # steps between sample videos; None = never
-    # [quirk] the official scheduler overwrites every param group's lr, so prior_lr_mult = 50 has no effect
-    prior_lr_mult: float
-    honor_prior_lr_mult: bool
     # [quirk] tokenizer validation uses stochastic SVQ in the official trainer
     stochastic_validation: bool
 
@@ -504,6 +512,9 @@ class Params:
         _check(t.frames == self.data.frames, "tokenizer.frames", f"must equal data.frames ({self.data.frames})")
         _check((d.size, d.frames) == (t.size, t.frames), "discriminator.size",
                "discriminator size/frames must equal the tokenizer's")
+        if self.prior.enabled:
+            _check(self.prior.max_len >= t.num_tokens, "prior.max_len",
+                   f"must be >= tokenizer.num_tokens ({t.num_tokens}), got {self.prior.max_len}")
         _check(self.generator.seq_len == t.num_tokens, "generator.seq_len",
                f"must equal tokenizer.num_tokens ({t.num_tokens})")
         _check(self.generator.vocab_size == t.codebook_size, "generator.vocab_size",
@@ -630,6 +641,29 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ParamsError(f"{key}: unsupported annotation {tp!r}")  # pragma: no cover
 
 
+# keys that moved or went away: a parameter file still using one is told where it went (an unknown key, named)
+MOVED_KEYS: dict[str, str] = {
+    "tokenizer.use_prior": "prior.enabled",
+    **{f"tokenizer.prior_{k}": f"prior.{k}" for k in ("depth", "width", "heads", "dropout", "max_len",
+                                                      "attn_dropout_in_eval", "xavier_init")},
+    "train_tokenizer.prior_lr_mult": "prior.lr_mult",
+    "train_tokenizer.honor_prior_lr_mult": "prior.honor_lr_mult",
+}
+REMOVED_KEYS: dict[str, str] = {
+    f"{g}.{k}": "unused (the generator has no prior; the tokenizer's is prior.lr_mult / prior.honor_lr_mult)"
+    for g in ("train_ar", "train_ar_fp") for k in ("prior_lr_mult", "honor_prior_lr_mult")
+}
+
+
+def _old_key(key: str) -> str | None:
+    """Where a key of an older layout went, or None for a key that never existed."""
+    if key in MOVED_KEYS:
+        return f"{key}: moved to {MOVED_KEYS[key]}"
+    if key in REMOVED_KEYS:
+        return f"{key}: removed, {REMOVED_KEYS[key]}"
+    return None
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str, base: Any = None) -> Any:
     """Build ``cls`` from ``values`` on top of ``base`` (an instance), or from ``values`` alone (complete)."""
     hints = typing.get_type_hints(cls)
@@ -637,6 +671,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str, base: Any = None) -> 
     unknown = sorted(set(values) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
+        old = [m for k in unknown if (m := _old_key(f"{where}{k}"))]
+        if old:  # every old key of the group at once: a params.yaml is migrated in one go
+            raise ParamsError("; ".join(old))
         raise ParamsError(f"{where}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
     if base is None:  # a complete group (a preset file): no key may be missing
         missing = [n for n in sorted(names) if n not in values]

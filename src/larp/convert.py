@@ -21,6 +21,7 @@ its sha256 and the verification notes. Only tensors are ever read: safetensors, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -70,8 +71,8 @@ def build_model(kind: str, params: Params, device: str | torch.device = "meta") 
 
     check_kind(kind)
     with torch.device(device):
-        if kind == "tokenizer":
-            return LARPTokenizer(params.tokenizer, params.prior)
+        if kind == "tokenizer":  # with its prior, whatever prior.enabled says: the released weights carry it
+            return LARPTokenizer(params.tokenizer, dataclasses.replace(params.prior, enabled=True))
         if kind == "ar-fp":
             return LARPGenerator(frame_prediction_params(params).generator)
         return LARPGenerator(params.generator)

@@ -12,6 +12,7 @@ Token order = query index.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,14 +64,15 @@ class FinalLayer(nn.Module):
 
 class LARPTokenizer(nn.Module):
     def __init__(self, config: TokenizerConfig, prior: PriorParams | None = None) -> None:
-        """``prior`` holds the prior-loss settings (rounds, scheduled sampling, CE temperature; default: the
-        paper preset's). The prior module exists when ``config.use_prior`` and ``prior.alpha > 0``; otherwise
-        ``self.prior`` is None."""
+        """``prior`` is the training-time AR prior (the ``prior`` parameter group: architecture and loss
+        settings). The prior module exists when ``prior`` is given and ``prior.enabled``; otherwise
+        ``self.prior`` is None: the tokenizer as inference uses it (tokenize, sample, rFVD)."""
         super().__init__()
         config.validate()
         self.config = config
-        self.prior_params = prior if prior is not None else preset("paper").prior
-        self.prior_params.validate()
+        self.prior_params = prior
+        if prior is not None:
+            prior.validate()
         c = config
         gt, gh = c.frames // c.patch_t, c.size // c.patch_hw
         self.grid = (gt, gh, gh)
@@ -101,16 +103,19 @@ class LARPTokenizer(nn.Module):
 
         # built after the global init: GPTCPrior applies the (quirk) xavier overwrite itself when asked to
         self.prior_model: GPTCPrior | None = None
-        if c.use_prior and self.prior_params.alpha > 0:
+        if prior is not None and prior.enabled:
+            if prior.max_len < c.num_tokens:
+                raise ValueError(f"prior.max_len: must be >= tokenizer.num_tokens ({c.num_tokens}), "
+                                 f"got {prior.max_len}")
             self.prior_model = GPTCPrior(
                 c.code_dim,
-                c.prior_max_len,
-                c.prior_width,
-                c.prior_depth,
-                c.prior_heads,
-                c.prior_dropout,
-                c.prior_attn_dropout_in_eval,
-                c.prior_xavier_init,
+                prior.max_len,
+                prior.width,
+                prior.depth,
+                prior.heads,
+                prior.dropout,
+                prior.attn_dropout_in_eval,
+                prior.xavier_init,
             )
 
     @property
@@ -122,9 +127,13 @@ class LARPTokenizer(nn.Module):
     # construction helpers
 
     @classmethod
-    def from_preset(cls, name: str, *, prior: PriorParams | None = None, **overrides: Any) -> LARPTokenizer:
-        """``"larp-l-long"`` (paper) or ``"tiny"``; ``overrides`` replace TokenizerConfig fields."""
-        return cls(preset_config(name, **overrides), prior)
+    def from_preset(cls, name: str, *, prior: PriorParams | bool = True, **overrides: Any) -> LARPTokenizer:
+        """``"larp-l-long"`` (paper) or ``"tiny"``; ``overrides`` replace TokenizerConfig fields. ``prior``:
+        True = the preset's ``prior`` group, False = no prior, or the PriorParams to use."""
+        config = preset_config(name, **overrides)
+        if isinstance(prior, bool):
+            prior = preset(PRESETS[name]).prior if prior else None
+        return cls(config, prior)
 
     def num_params(self, include_prior: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -142,14 +151,20 @@ class LARPTokenizer(nn.Module):
 
         A torch file may hold the state dict itself or under the key ``"model"``. Stored copies of the fixed
         sin-cos tables (the official checkpoint keeps them) are ignored, they are recomputed here; so are the
-        ``prior_model.*`` weights when this tokenizer was built without a prior (inference needs none).
+        ``prior_model.*`` weights when this tokenizer was built without a prior (:meth:`load_state_dict`).
         """
         state = read_state_dict(path)
         fixed = {name for name, _ in self.named_buffers()} - set(self.state_dict())
         state = {k: v for k, v in state.items() if k not in fixed}
-        if self.prior is None:
-            state = {k: v for k, v in state.items() if not k.startswith("prior_model.")}
         self.load_state_dict(state, strict=strict)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """nn.Module's, except that ``prior_model.*`` entries are skipped when this tokenizer has no prior: the
+        prior is training-only, trained and released weights carry it, the tokenizer that inference builds
+        does not."""
+        if self.prior is None:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("prior_model.")}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ----------------------------------------------------------------------------------------------
     # encoder / decoder

@@ -11,8 +11,7 @@ process group is up and the RNGs are seeded (seed + rank), and expects an object
 * ``metric_names: Sequence[str]``: extra metric columns of the CSV (besides ``loss_<optimizer>``).
 * ``configure_optimizers() -> dict[str, torch.optim.Optimizer]``: called after the modules were moved to
   the device. Each param group's ``lr`` is its base lr; the loop multiplies it by the schedule every step.
-  A group may carry ``lr_mult``; it is applied only when ``params.honor_prior_lr_mult`` is set (the
-  official trainer writes base_lr x schedule into every group, so the prior's 50x never takes effect).
+  A group may carry ``lr_mult`` (default 1): its lr is then base lr x schedule x lr_mult.
 * ``phases(step, epoch) -> Sequence[Phase]``: what optimizer step ``step`` (0-based; in epoch ``epoch``) does,
   in order. A phase names an optimizer and a ``loss(batch, ctx) -> StepLoss`` for one micro-batch. For every
   phase the loop runs ``loss`` on all micro-batches of the step (accumulating gradients, syncing them across
@@ -373,9 +372,7 @@ class _Trainer:
         mult = lr_multiplier(step, self.warmup_steps, self.total_steps, self.params.min_lr_mult)
         for opt in self.optimizers.values():
             for group in opt.param_groups:
-                # [quirk] official: every group gets base_lr x mult, so lr_mult is ignored by default
-                lr_mult = group.get("lr_mult", 1.0) if self.params.honor_prior_lr_mult else 1.0
-                group["lr"] = group["base_lr"] * mult * lr_mult
+                group["lr"] = group["base_lr"] * mult * group.get("lr_mult", 1.0)
 
     # -- checkpoints --
 

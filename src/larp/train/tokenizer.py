@@ -1,7 +1,7 @@
 """`larp train-tokenizer`: the LARP tokenizer's training task for the shared loop (LARP_SPEC.md section 3).
 
 One optimizer step = [discriminator phase on every ``d_update_every``-th step] + generator phase:
-  G: L1 + LPIPS + 0.3 NS-GAN + 0.1 VQ + alpha prior, Adam(0.5, 0.9), lr 1e-4 (prior group: lr_mult, see quirk)
+  G: L1 + LPIPS + 0.3 NS-GAN + 0.1 VQ + alpha prior, Adam(0.5, 0.9), lr 1e-4 (prior group: see prior.lr_mult)
   D: ns_smooth BCE + LeCam on (real, detached reconstruction), Adam(0.5, 0.9), lr 3e-5
 
 Deviation (documented in the README): on discriminator steps the reconstruction D sees comes from its own
@@ -73,10 +73,13 @@ class TokenizerTask:
         t = self.p.train_tokenizer
         device = next(self.model.parameters()).device
         self.loss.to(device)
-        groups = [{"params": self.model.tokenizer_parameters(), "lr": t.lr}]
+        groups = [{"params": self.model.tokenizer_parameters(), "lr": t.lr, "lr_mult": 1.0}]
         if self.model.prior is not None:
-            # [quirk] lr_mult is ignored by the schedule unless train_tokenizer.honor_prior_lr_mult
-            groups.append({"params": list(self.model.prior.parameters()), "lr": t.lr, "lr_mult": t.prior_lr_mult})
+            # [quirk] official: the scheduler writes the base lr into every group, so the prior's lr_mult has
+            # no effect there; it applies only with prior.honor_lr_mult
+            pp = self.p.prior
+            groups.append({"params": list(self.model.prior.parameters()), "lr": t.lr,
+                           "lr_mult": pp.lr_mult if pp.honor_lr_mult else 1.0})
         opts = {"g": torch.optim.Adam(groups, betas=t.betas)}
         if "discriminator" in self.modules:
             opts["d"] = torch.optim.Adam(self.modules["discriminator"].parameters(), lr=t.d_lr, betas=t.betas)
@@ -180,7 +183,8 @@ def train_tokenizer(frames: Path | Sequence[Path], weights_out: Path, params: Pa
 
 
 def load_tokenizer(weights: Path, params: Params, device: str | torch.device = "cpu") -> LARPTokenizer:
-    """The trained tokenizer of a ``train_tokenizer`` weights file, in eval mode (argmax SVQ)."""
-    model = LARPTokenizer(params.tokenizer, params.prior)
+    """The trained tokenizer of a ``train_tokenizer`` weights file, in eval mode (argmax SVQ), without the
+    training-time prior (its stored weights are skipped): reads ``params.tokenizer``, not ``params.prior``."""
+    model = LARPTokenizer(params.tokenizer)
     load_weights(Path(weights), model, "tokenizer")
     return model.to(device).eval()
