@@ -9,7 +9,7 @@ micro-batch: every phase of ``TokenizerTask.phases(step, epoch)`` (the discrimin
 with scheduled sampling, L1 + LPIPS + VQ + GAN (+ prior) loss, backward, Adam step) under the loop's autocast,
 GradScalers and (``--compile``, CUDA only) ``torch.compile``, timed one by one over ``--steps`` steps after
 ``--warmup`` untimed ones (mean, which includes the D steps, and median, robust to a noisy shared machine).
-The reference is the same task with ``prior.alpha = 0``: the same tokenizer and discriminator, no prior.
+The reference is the same task with ``prior.enabled = false``: the same tokenizer and discriminator, no prior.
 
 FLOPs: counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention) over
 ``d_update_every`` consecutive eager steps (forward + backward of every phase), divided by that count: the
@@ -39,8 +39,8 @@ from pathlib import Path
 MID = {
     "data": {"size": 64, "frames": 16},
     "tokenizer": {"size": 64, "frames": 16, "width": 256, "depth": 4, "heads": 4, "num_tokens": 256,
-                  "code_dim": 16, "codebook_size": 8192,
-                  "prior_depth": 4, "prior_width": 256, "prior_heads": 4},
+                  "code_dim": 16, "codebook_size": 8192},
+    "prior": {"depth": 4, "width": 256, "heads": 4},
     "discriminator": {"size": 64, "frames": 16, "width": 128, "depth": 2, "heads": 4},
     "generator": {"seq_len": 256, "vocab_size": 8192},
 }
@@ -95,7 +95,7 @@ def measure(preset_name: str, prior: bool, steps: int, warmup: int, threads: int
     torch.manual_seed(0)
     base, overrides, batch = PRESETS[preset_name]
     params = apply_overrides(preset(base), {
-        **overrides, "prior": {"alpha": 0.06 if prior else 0.0},
+        **overrides, "prior": {**overrides.get("prior", {}), "enabled": prior},
         "train_tokenizer": {"global_batch": batch, "micro_batch": batch, "max_steps": steps + warmup + 100,
                             "amp": amp, "compile": compile_}})
     p, t = params.tokenizer, params.train_tokenizer
@@ -192,7 +192,7 @@ def main() -> None:
     ap.add_argument("--amp", nargs="+", default=["none"], choices=["none", "bf16", "fp16"],
                     help="autocast dtypes to measure (CUDA only; CPU runs stay fp32)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the modules (CUDA only)")
-    ap.add_argument("--no-reference", action="store_true", help="skip the prior.alpha = 0 reference runs")
+    ap.add_argument("--no-reference", action="store_true", help="skip the prior.enabled = false reference runs")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="datasheet peak for MFU (default: known for H100/H200, else only the measured matmul)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")

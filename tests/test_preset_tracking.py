@@ -119,6 +119,9 @@ def test_a_fresh_run_is_up_to_date_in_both_tools(built):
      "  embedded: {frame_format: raw, jpeg_quality: 90,", {"extract@embedded"}, ALL - {"download@embedded"}),
     # the tokenizer's learning rate: training the tokenizer and everything after it
     ("src/larp/presets/tiny.yaml", "  lr: 1.0e-3\n", "  lr: 2.0e-3\n", {"train_tokenizer"}, AFTER_TOKENIZER),
+    # the prior (a value params.yaml does not override): only training the tokenizer reads its group, the later
+    # stages load the tokenizer without it and follow from the new weights
+    ("src/larp/presets/tiny.yaml", "  lr_mult: 50.0\n", "  lr_mult: 20.0\n", {"train_tokenizer"}, AFTER_TOKENIZER),
     # the paper preset is not the embedded dataset's
     ("src/larp/presets/paper.yaml", "  cfg_scale: 1.25\n", "  cfg_scale: 2.0\n", set(), set()),
     # code: sampling runs the models
