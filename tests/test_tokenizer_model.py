@@ -282,6 +282,10 @@ def test_load_weights_accepts_official_layout(tiny, tmp_path):
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(RuntimeError, match="qkv.bias"):
         plain.load_weights(tmp_path / "bad.pth")
+    # the prior's weights are skipped only by a tokenizer without a prior: one with a prior needs them
+    plain.load_state_dict(tiny.state_dict())
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*prior_model\."):
+        tiny.load_state_dict(plain.state_dict())
 
 
 @pytest.mark.parametrize("eps", [1e-5, 1e-6])
