@@ -89,9 +89,13 @@ def test_key_map_is_complete_against_the_official_list(kind, section):
     assert dropped == (sorted(FIXED_TABLES) if kind == "tokenizer" else [])
     assert all(mapping[k] == k for k, v in official.items() if v[2] == "param")
     assert len({v for v in mapping.values() if v is not None}) == len(mapping) - len(dropped)
-    if kind == "tokenizer":  # the prior's weights are part of the map
+    if kind == "tokenizer":  # the prior's weights are part of the map, whether or not our training builds a prior
         n_prior = sum(k.startswith("prior_model.") for k in mapping)
         assert n_prior == sum(k.startswith("prior_model.") for k in official) > 100
+        import dataclasses
+
+        no_prior = dataclasses.replace(PAPER, prior=dataclasses.replace(PAPER.prior, enabled=False))
+        assert official_key_map(kind, no_prior) == mapping
 
 
 def test_paper_tables_equal_the_model_buffers():
@@ -133,7 +137,7 @@ def test_paper_tables_in_half_precision_pass_and_wrong_tables_fail():
 
 
 def test_official_tokenizer_at_another_token_count_imports():
-    """Official GPTC keeps its 1024-row position table whatever the token count (our prior_max_len)."""
+    """Official GPTC keeps its 1024-row position table whatever the token count (our prior.max_len)."""
     import dataclasses
 
     n = 256
@@ -147,7 +151,7 @@ def test_official_tokenizer_at_another_token_count_imports():
     state = {k: tables.get(k, torch.zeros(()).expand(shape)) for k, shape in shapes.items()}
     out = convert_state_dict(state, "tokenizer", params)
     assert out["prior_model.pos_emb"].shape == (1, 1024, 384)
-    # a table cut to the token count (what this code built before prior_max_len) is named, not loaded
+    # a table cut to the token count (what this code built before prior.max_len) is named, not loaded
     state["prior_model.pos_emb"] = torch.zeros(()).expand(1, n, 384)
     with pytest.raises(ConversionError, match=r"prior_model\.pos_emb: shape \(1, 256, 384\)"):
         convert_state_dict(state, "tokenizer", params)
