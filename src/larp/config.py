@@ -49,7 +49,8 @@ class DataParams:
     workers: int  # extraction processes
     split: int  # official split whose train/test lists the stages use
     # datasets whose training videos the tokenizer learns from, concatenated (labels unused); empty = the
-    # dataset being built alone. Paper: K600-train + UCF-101-train, as the released tokenizer (LARP_SPEC 3)
+    # dataset being built alone. Paper: K600-train + UCF-101-train, as the released tokenizer
+    # (docs/training.md#data-mix)
     tokenizer_datasets: tuple[str, ...]
 
     def validate(self) -> None:
@@ -244,8 +245,9 @@ class GeneratorConfig:
     ffn_dropout: float
     norm_eps: float
     init_std: float
-    # frame-prediction variant (LARP_SPEC.md 4.4): the condition is the tokens of the first `cond_frames`
-    # frames repeat-padded to the clip length, + a SEP token (id vocab_size); no class embedding, no CFG
+    # frame-prediction variant (docs/model.md#frame-prediction): the condition is the tokens of the first
+    # `cond_frames` frames repeat-padded to the clip length, + a SEP token (id vocab_size); no class embedding,
+    # no CFG
     frame_prediction: bool
     cond_frames: int
 
@@ -272,7 +274,7 @@ class GeneratorConfig:
 
 @dataclass
 class PriorParams:
-    """How the AR prior enters the tokenizer loss (LARP_SPEC.md section 2)."""
+    """How the AR prior enters the tokenizer loss (docs/training.md#prior-loss)."""
 
     alpha: float  # weight of the prior CE; 0 disables the prior (no module, no compute)
     n_rounds: int
@@ -290,7 +292,7 @@ class PriorParams:
 
 @dataclass
 class LossParams:
-    """Tokenizer objective (LARP_SPEC.md section 3)."""
+    """Tokenizer objective (docs/training.md#tokenizer-objective)."""
 
     l1_weight: float
     mse_weight: float  # pixel MSE beside the L1 (ours; 0 = official objective)
@@ -530,7 +532,7 @@ def tokenizer_datasets(params: Params, dataset: str) -> tuple[str, ...]:
 
 def frame_prediction_params(params: Params) -> Params:
     """The frame-prediction variant of a run: the same generator sizes with ``frame_prediction`` on, trained
-    with ``train_ar_fp`` (LARP_SPEC.md section 4.4: 75 epochs, 1 warm-up epoch)."""
+    with ``train_ar_fp`` (docs/training.md#frame-prediction-training: 75 epochs, 1 warm-up epoch)."""
     out = copy.deepcopy(params)
     out.generator = dataclasses.replace(out.generator, frame_prediction=True)
     out.train_ar = out.train_ar_fp
