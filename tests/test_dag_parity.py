@@ -34,8 +34,11 @@ def _copy_repo(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("path, old, new, field", [
-    ("workflow/rules/data.smk", "--out data/frames/{wildcards.dataset} 2>",
-     "--out data/frames/{wildcards.dataset} --fast 2>", "extract@embedded.cmd"),
+    ("workflow/rules/data.smk", "--out {output.frames} 2>", "--out {output.frames} --fast 2>", "extract@embedded.cmd"),
+    ("workflow/rules/frame_prediction.smk", "tracked=tracked(\"train_ar_fp\")", "tracked=tracked(\"train_ar\")",
+     "train_ar_fp.params"),  # a reused rule keeps its own stage's parameters...
+    ("workflow/rules/frame_prediction.smk", "fp=FP,\n        tracked=tracked(\"sample_fp\")",
+     "fp=NO_FP,\n        tracked=tracked(\"sample_fp\")", "sample_fp@0.cmd"),  # ... and its --fp
     ("dvc.yaml", "        - storage.${item}\n", "", "extract@embedded.params"),  # dropped from params.yaml keys
     ("dvc.yaml", "            - storage.${item}\n", "", "extract@embedded.params"),  # ... from the preset file's
     ("dvc.yaml", "        - src/larp/data\n", "", "extract@embedded.deps"),

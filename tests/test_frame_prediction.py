@@ -1,5 +1,6 @@
-"""Frame-prediction AR variant (LARP_SPEC.md 4.4, 6.4): model layout, loss alignment, KV-cache sampling, no CFG,
-overfitting, the condition clip, condition tokens in `larp tokenize`, FP training, and the FP-FVD protocol pieces.
+"""Frame-prediction AR variant (docs/model.md#frame-prediction, docs/protocols.md#fp-fvd): model layout, loss
+alignment, KV-cache sampling, no CFG, overfitting, the condition clip, condition tokens in `larp tokenize`, FP
+training, and the FP-FVD protocol pieces.
 
 The variant is ``generator.frame_prediction = true`` on the same LARPGenerator / GeneratorTask / sampler.
 """
@@ -42,7 +43,7 @@ def rand_ids(m: LARPGenerator, b: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_paper_fp_parameter_count_and_layout():
-    """633.16M (LARP_SPEC 4.1): the class-conditional 631,975,680 - class table (102 x 1280) + SEP row (1280)
+    """633.16M (docs/model.md#sizes): the class-conditional 631,975,680 - class table (102 x 1280) + SEP row (1280)
     + 1024 extra abs_pe rows (every name and shape: the ar-fp section of official_state_dict_keys.txt,
     tests/test_convert.py)."""
     with torch.device("meta"):

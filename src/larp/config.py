@@ -49,7 +49,8 @@ class DataParams:
     workers: int  # extraction processes
     split: int  # official split whose train/test lists the stages use
     # datasets whose training videos the tokenizer learns from, concatenated (labels unused); empty = the
-    # dataset being built alone. Paper: K600-train + UCF-101-train, as the released tokenizer (LARP_SPEC 3)
+    # dataset being built alone. Paper: K600-train + UCF-101-train, as the released tokenizer
+    # (docs/training.md#data-mix)
     tokenizer_datasets: tuple[str, ...]
 
     def validate(self) -> None:
@@ -227,8 +228,9 @@ class GeneratorConfig:
     ffn_dropout: float
     norm_eps: float
     init_std: float
-    # frame-prediction variant (LARP_SPEC.md 4.4): the condition is the tokens of the first `cond_frames`
-    # frames repeat-padded to the clip length, + a SEP token (id vocab_size); no class embedding, no CFG
+    # frame-prediction variant (docs/model.md#frame-prediction): the condition is the tokens of the first
+    # `cond_frames` frames repeat-padded to the clip length, + a SEP token (id vocab_size); no class embedding,
+    # no CFG
     frame_prediction: bool
     cond_frames: int
 
@@ -255,8 +257,8 @@ class GeneratorConfig:
 
 @dataclass
 class PriorParams:
-    """The training-time AR prior (gptc-S, LARP_SPEC.md section 2), all of it: whether it exists, its
-    architecture, how it enters the tokenizer loss, its learning rate.
+    """The training-time AR prior (gptc-S, docs/model.md#prior), all of it: whether it exists, its
+    architecture, how it enters the tokenizer loss (docs/training.md#prior-loss), its learning rate.
 
     Only `larp train-tokenizer` builds it. Every stage that uses a trained tokenizer (tokenize, sample, rfvd,
     the report) builds the tokenizer without it and skips the stored ``prior_model.*`` weights.
@@ -301,7 +303,7 @@ class PriorParams:
 
 @dataclass
 class LossParams:
-    """Tokenizer objective (LARP_SPEC.md section 3)."""
+    """Tokenizer objective (docs/training.md#tokenizer-objective)."""
 
     l1_weight: float
     mse_weight: float  # pixel MSE beside the L1 (ours; 0 = official objective)
@@ -541,7 +543,7 @@ def tokenizer_datasets(params: Params, dataset: str) -> tuple[str, ...]:
 
 def frame_prediction_params(params: Params) -> Params:
     """The frame-prediction variant of a run: the same generator sizes with ``frame_prediction`` on, trained
-    with ``train_ar_fp`` (LARP_SPEC.md section 4.4: 75 epochs, 1 warm-up epoch)."""
+    with ``train_ar_fp`` (docs/training.md#frame-prediction-training: 75 epochs, 1 warm-up epoch)."""
     out = copy.deepcopy(params)
     out.generator = dataclasses.replace(out.generator, frame_prediction=True)
     out.train_ar = out.train_ar_fp

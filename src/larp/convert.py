@@ -2,7 +2,7 @@
 
 The official models are pushed with ``PyTorchModelHubMixin``: a hub repo holds ``model.safetensors`` (the
 model's full ``state_dict``) and ``config.json`` (its constructor arguments). Our models were written with the
-official parameter names (LARP_SPEC.md sections 1, 2, 4), so the key map is a rename-free one-to-one map, but
+official parameter names (docs/model.md#weight-import), so the key map is a rename-free one-to-one map, but
 it is *checked*, never assumed:
 
 * every official key must be mapped, every key our model needs must be present, every shape must be equal

@@ -1,4 +1,4 @@
-"""`larp sample`, `larp fvd`, `larp rfvd`: the evaluation protocols of LARP_SPEC.md section 6, end to end.
+"""`larp sample`, `larp fvd`, `larp rfvd`: the evaluation protocols (docs/protocols.md#evaluation), end to end.
 
 gFVD: the real set is ``fvd.num_clips`` clips drawn with ``random.Random(fvd.clip_seed)`` from all
 non-overlapping clips of the split's training videos; their labels condition the generated videos (sample i
@@ -400,7 +400,7 @@ def rfvd(dataset: str, frames_dir: Path, tokenizer_weights: Path, out: Path, par
 
 
 # --------------------------------------------------------------------------------------------------
-# frame prediction (LARP_SPEC.md sections 4.4 and 6.4)
+# frame prediction (docs/model.md#frame-prediction, docs/protocols.md#fp-fvd)
 
 
 def fp_clips(frames_dir: Path, params: Params) -> pd.DataFrame:

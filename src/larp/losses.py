@@ -1,5 +1,5 @@
-"""Tokenizer objective (LARP_SPEC.md section 3): L1 + LPIPS-VGG + non-saturating GAN + VQ + prior, and the
-discriminator's ns_smooth loss with LeCam.
+"""Tokenizer objective (docs/training.md#tokenizer-objective): L1 + LPIPS-VGG + non-saturating GAN + VQ +
+prior, and the discriminator's ns_smooth loss with LeCam.
 
     L_G = l1 * mean|x - x^| + mse * mean(x - x^)^2 + perceptual * LPIPS(x, x^) + gan * softplus(-D(x^)).mean()
           + vq * (commit_w * commit + codebook_w * codebook) + alpha * L_prior

@@ -1,6 +1,6 @@
 """Sampling from the AR generator: guidance, token choice, KV-cache and reference loops, sharded videos.
 
-Token choice (LARP_SPEC.md section 4.3): logits -> classifier-free guidance ``uncond + s * (cond - uncond)``
+Token choice (docs/model.md#sampling): logits -> classifier-free guidance ``uncond + s * (cond - uncond)``
 (every step, the first one included; the batch is doubled with the null class) -> / temperature ->
 optional top-k, then top-p filtering -> softmax (float32) -> one draw.
 
@@ -11,9 +11,9 @@ order of rows. Sharded sampling seeds sample i's generator from (seed, i): the v
 same whatever the shard size or the batch size (up to last-bit differences of batched matmuls, which move a
 draw only if ``u`` falls within ~1e-7 of a CDF boundary).
 
-Frame prediction (``generator.frame_prediction``, LARP_SPEC.md 4.4): the condition of a row is the tokens of
-its condition clip (b, seq_len) instead of a class id; the cache is prefilled with those + SEP (seq_len + 1
-positions) and seq_len tokens are generated. There is no null condition, so guidance is refused.
+Frame prediction (``generator.frame_prediction``, docs/model.md#frame-prediction): the condition of a row is
+the tokens of its condition clip (b, seq_len) instead of a class id; the cache is prefilled with those + SEP
+(seq_len + 1 positions) and seq_len tokens are generated. There is no null condition, so guidance is refused.
 
 Axis letters: b batch, n tokens, v vocabulary; video b c t h w.
 """

@@ -33,7 +33,7 @@ from larp.provenance import provenance
 
 def fp_condition(video: torch.Tensor, cond_frames: int) -> torch.Tensor:
     """Frame-prediction condition clip: the first ``cond_frames`` frames, the last of them repeated to the
-    clip length (LARP_SPEC.md 4.4). (b, c, T, h, w) -> (b, c, T, h, w)."""
+    clip length (docs/model.md#frame-prediction). (b, c, T, h, w) -> (b, c, T, h, w)."""
     if video.ndim != 5:
         raise ValueError(f"fp_condition: expected a video (b, c, t, h, w), got shape {tuple(video.shape)}")
     t = video.shape[2]

@@ -27,15 +27,14 @@ def preset_groups(path):
     return read_preset_file(path)
 
 
-def tracked(stage, dataset=None):
+def tracked(stage):
     """Rule params = the values the stage reads (larp.pipeline.STAGES): its groups in params.yaml and in the
     dataset's preset file, and the preset's name; dvc.yaml tracks the same keys. Snakemake reruns a rule when
     one of these values changes, as DVC does.
     """
 
     def values(wildcards):
-        ds = dataset or wildcards.dataset
-        files = tracked_params(stage, ds, PARAMS_FILE.presets[ds])
+        files = tracked_params(stage, wildcards.dataset, PARAMS_FILE.presets[wildcards.dataset])
         return {
             (k if f == "params.yaml" else f"{f}:{k}"): _lookup(config if f == "params.yaml" else preset_groups(f), k)
             for f, keys in files.items()
@@ -45,9 +44,9 @@ def tracked(stage, dataset=None):
     return values
 
 
-def stage_code(stage, dataset=None):
+def stage_code(stage):
     """The package code a stage runs (larp.pipeline.STAGES): inputs, so that a change reruns it."""
-    return lambda wildcards: code_files(stage, dataset or wildcards.dataset)
+    return lambda wildcards: code_files(stage, wildcards.dataset)
 
 
 def stage_resources(stage):
@@ -97,8 +96,9 @@ def shard_dirs(root):
     return dirs
 
 
-sample_shards = shard_dirs("data/samples/{dataset}")
-sample_fp_shards = shard_dirs("data/samples_fp/{dataset}")
+# `params.fp` of the rules that the frame-prediction rules reuse: appended to the command
+NO_FP = ""
+FP = " --fp"
 
 
 # What the default target (`snakemake` with no target) evaluates for each dataset: the paper's protocols

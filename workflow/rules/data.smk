@@ -2,7 +2,7 @@ rule download:
     input:
         code=stage_code("download"),
     output:
-        directory("data/raw/{dataset}"),
+        raw=directory("data/raw/{dataset}"),
     params:
         tracked=tracked("download"),
     threads: stage_threads("download")
@@ -11,15 +11,15 @@ rule download:
     log:
         "logs/download/{dataset}.log",
     shell:
-        "larp download {wildcards.dataset} --out data/raw/{wildcards.dataset} 2> {log}"
+        "larp download {wildcards.dataset} --out {output.raw} 2> {log}"
 
 
 rule extract:
     input:
-        "data/raw/{dataset}",
+        raw="data/raw/{dataset}",
         code=stage_code("extract"),
     output:
-        directory("data/frames/{dataset}"),
+        frames=directory("data/frames/{dataset}"),
     params:
         tracked=tracked("extract"),
     threads: stage_threads("extract")
@@ -28,5 +28,4 @@ rule extract:
     log:
         "logs/extract/{dataset}.log",
     shell:
-        "larp extract --dataset {wildcards.dataset} --raw data/raw/{wildcards.dataset}"
-        " --out data/frames/{wildcards.dataset} 2> {log}"
+        "larp extract --dataset {wildcards.dataset} --raw {input.raw} --out {output.frames} 2> {log}"

@@ -1,12 +1,17 @@
+# The evaluation protocols. frame_prediction.smk and released.smk reuse these rules (`use rule ... with:`)
+# with other weights in and other files out; `fp` appends --fp for the frame-prediction variant.
+
+
 rule sample:
     input:
-        "data/frames/{dataset}",
-        "checkpoints/{dataset}/tokenizer.safetensors",
-        "checkpoints/{dataset}/ar.safetensors",
+        frames="data/frames/{dataset}",
+        tokenizer="checkpoints/{dataset}/tokenizer.safetensors",
+        ar="checkpoints/{dataset}/ar.safetensors",
         code=stage_code("sample"),
     output:
-        directory("data/samples/{dataset}/shard-{shard}"),
+        samples=directory("data/samples/{dataset}/shard-{shard}"),
     params:
+        fp=NO_FP,
         tracked=tracked("sample"),
     threads: stage_threads("sample")
     resources:
@@ -14,19 +19,18 @@ rule sample:
     log:
         "logs/sample/{dataset}-{shard}.log",
     shell:
-        "larp sample --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --tokenizer checkpoints/{wildcards.dataset}/tokenizer.safetensors"
-        " --ar checkpoints/{wildcards.dataset}/ar.safetensors --shard {wildcards.shard}"
-        " --out data/samples/{wildcards.dataset}/shard-{wildcards.shard} 2> {log}"
+        "larp sample --dataset {wildcards.dataset} --frames {input.frames} --tokenizer {input.tokenizer}"
+        " --ar {input.ar} --shard {wildcards.shard} --out {output.samples}{params.fp} 2> {log}"
 
 
 rule fvd_real:
     input:
-        "data/frames/{dataset}",
+        frames="data/frames/{dataset}",
         code=stage_code("fvd_real"),
     output:
-        "data/fvd_real/{dataset}.npz",
+        real="data/fvd_real/{dataset}.npz",
     params:
+        fp=NO_FP,
         tracked=tracked("fvd_real"),
     threads: stage_threads("fvd")
     resources:
@@ -34,19 +38,20 @@ rule fvd_real:
     log:
         "logs/fvd_real/{dataset}.log",
     shell:
-        "larp fvd-real --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --out data/fvd_real/{wildcards.dataset}.npz 2> {log}"
+        "larp fvd-real --dataset {wildcards.dataset} --frames {input.frames} --out {output.real}{params.fp} 2> {log}"
 
 
 rule fvd:
     input:
-        "data/frames/{dataset}",
-        "data/fvd_real/{dataset}.npz",
-        sample_shards,
+        frames="data/frames/{dataset}",
+        real="data/fvd_real/{dataset}.npz",
+        shards=shard_dirs("data/samples/{dataset}"),
         code=stage_code("fvd"),
     output:
-        "results/fvd_{dataset}.json",
+        result="results/fvd_{dataset}.json",
     params:
+        samples="data/samples/{dataset}",  # the shards' folder
+        fp=NO_FP,
         tracked=tracked("fvd"),
     threads: stage_threads("fvd")
     resources:
@@ -54,18 +59,17 @@ rule fvd:
     log:
         "logs/fvd/{dataset}.log",
     shell:
-        "larp fvd --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --samples data/samples/{wildcards.dataset} --real data/fvd_real/{wildcards.dataset}.npz"
-        " --out results/fvd_{wildcards.dataset}.json 2> {log}"
+        "larp fvd --dataset {wildcards.dataset} --frames {input.frames} --samples {params.samples}"
+        " --real {input.real} --out {output.result}{params.fp} 2> {log}"
 
 
 rule rfvd:
     input:
-        "data/frames/{dataset}",
-        "checkpoints/{dataset}/tokenizer.safetensors",
+        frames="data/frames/{dataset}",
+        tokenizer="checkpoints/{dataset}/tokenizer.safetensors",
         code=stage_code("rfvd"),
     output:
-        "results/rfvd_{dataset}.json",
+        result="results/rfvd_{dataset}.json",
     params:
         tracked=tracked("rfvd"),
     threads: stage_threads("fvd")
@@ -74,6 +78,5 @@ rule rfvd:
     log:
         "logs/rfvd/{dataset}.log",
     shell:
-        "larp rfvd --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --tokenizer checkpoints/{wildcards.dataset}/tokenizer.safetensors"
-        " --out results/rfvd_{wildcards.dataset}.json 2> {log}"
+        "larp rfvd --dataset {wildcards.dataset} --frames {input.frames} --tokenizer {input.tokenizer}"
+        " --out {output.result} 2> {log}"

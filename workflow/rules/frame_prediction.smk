@@ -1,104 +1,80 @@
 # The frame-prediction variant (LARP-AR-FP): condition = the first generator.cond_frames frames, no CFG.
 # Paper: trained and scored on Kinetics-600 (results/fvd_k600_fp.json); the embedded dataset runs it too.
+# Each rule is the class-conditional one (tokenizer.smk, generator.smk, eval.smk) with --fp, its own stage's
+# parameters and code, and its own files.
 
 
-rule tokenize_fp:
+use rule tokenize as tokenize_fp with:
     input:
-        "data/frames/{dataset}",
-        "checkpoints/{dataset}/tokenizer.safetensors",
+        frames="data/frames/{dataset}",
+        tokenizer="checkpoints/{dataset}/tokenizer.safetensors",
         code=stage_code("tokenize_fp"),
     output:
-        directory("data/tokens_fp/{dataset}"),
+        tokens=directory("data/tokens_fp/{dataset}"),
     params:
+        fp=FP,
         tracked=tracked("tokenize_fp"),
-    threads: stage_threads("tokenize")
-    resources:
-        **stage_resources("tokenize"),
     log:
         "logs/tokenize_fp/{dataset}.log",
-    shell:
-        "larp tokenize --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --tokenizer checkpoints/{wildcards.dataset}/tokenizer.safetensors"
-        " --out data/tokens_fp/{wildcards.dataset} --fp 2> {log}"
 
 
-rule train_ar_fp:
+use rule train_ar as train_ar_fp with:
     input:
-        "data/tokens_fp/{dataset}",
-        "checkpoints/{dataset}/tokenizer.safetensors",
+        tokens="data/tokens_fp/{dataset}",
+        tokenizer="checkpoints/{dataset}/tokenizer.safetensors",
         code=stage_code("train_ar_fp"),
     output:
-        "checkpoints/{dataset}/ar_fp.safetensors",
-        "results/{dataset}/ar_fp_metrics.csv",
+        weights="checkpoints/{dataset}/ar_fp.safetensors",
+        metrics="results/{dataset}/ar_fp_metrics.csv",
     params:
+        fp=FP,
         tracked=tracked("train_ar_fp"),
     threads: stage_threads("train_ar_fp")
     resources:
         **stage_resources("train_ar_fp"),
     log:
         "logs/train_ar_fp/{dataset}.log",
-    shell:
-        "larp train-ar --dataset {wildcards.dataset} --tokens data/tokens_fp/{wildcards.dataset}"
-        " --tokenizer checkpoints/{wildcards.dataset}/tokenizer.safetensors"
-        " --out checkpoints/{wildcards.dataset}/ar_fp.safetensors"
-        " --metrics results/{wildcards.dataset}/ar_fp_metrics.csv --fp 2> {log}"
 
 
-# sample_fp and fvd_fp name their inputs: released.smk reuses them for the released FP generator
-rule sample_fp:
+use rule sample as sample_fp with:
     input:
         frames="data/frames/{dataset}",
         tokenizer="checkpoints/{dataset}/tokenizer.safetensors",
         ar="checkpoints/{dataset}/ar_fp.safetensors",
         code=stage_code("sample_fp"),
     output:
-        directory("data/samples_fp/{dataset}/shard-{shard}"),
+        samples=directory("data/samples_fp/{dataset}/shard-{shard}"),
     params:
+        fp=FP,
         tracked=tracked("sample_fp"),
-    threads: stage_threads("sample")
-    resources:
-        **stage_resources("sample"),
     log:
         "logs/sample_fp/{dataset}-{shard}.log",
-    shell:
-        "larp sample --dataset {wildcards.dataset} --frames {input.frames} --tokenizer {input.tokenizer}"
-        " --ar {input.ar} --shard {wildcards.shard} --out {output} --fp 2> {log}"
 
 
-rule fvd_real_fp:
+use rule fvd_real as fvd_real_fp with:
     input:
-        "data/frames/{dataset}",
+        frames="data/frames/{dataset}",
         code=stage_code("fvd_real_fp"),
     output:
-        "data/fvd_real/{dataset}_fp.npz",
+        real="data/fvd_real/{dataset}_fp.npz",
     params:
+        fp=FP,
         tracked=tracked("fvd_real_fp"),
-    threads: stage_threads("fvd")
-    resources:
-        **stage_resources("fvd"),
     log:
         "logs/fvd_real_fp/{dataset}.log",
-    shell:
-        "larp fvd-real --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --out data/fvd_real/{wildcards.dataset}_fp.npz --fp 2> {log}"
 
 
-rule fvd_fp:
+use rule fvd as fvd_fp with:
     input:
         frames="data/frames/{dataset}",
         real="data/fvd_real/{dataset}_fp.npz",
-        shards=sample_fp_shards,
+        shards=shard_dirs("data/samples_fp/{dataset}"),
         code=stage_code("fvd_fp"),
     output:
-        "results/fvd_{dataset}_fp.json",
+        result="results/fvd_{dataset}_fp.json",
     params:
-        samples="data/samples_fp/{dataset}",  # the shards' folder
+        samples="data/samples_fp/{dataset}",
+        fp=FP,
         tracked=tracked("fvd_fp"),
-    threads: stage_threads("fvd")
-    resources:
-        **stage_resources("fvd"),
     log:
         "logs/fvd_fp/{dataset}.log",
-    shell:
-        "larp fvd --dataset {wildcards.dataset} --frames {input.frames} --samples {params.samples}"
-        " --real {input.real} --out {output} --fp 2> {log}"

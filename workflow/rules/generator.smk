@@ -1,12 +1,14 @@
+# train_ar_fp (frame_prediction.smk) reuses this rule with --fp
 rule train_ar:
     input:
-        "data/tokens/{dataset}",
-        "checkpoints/{dataset}/tokenizer.safetensors",
+        tokens="data/tokens/{dataset}",
+        tokenizer="checkpoints/{dataset}/tokenizer.safetensors",
         code=stage_code("train_ar"),
     output:
-        "checkpoints/{dataset}/ar.safetensors",
-        "results/{dataset}/ar_metrics.csv",
+        weights="checkpoints/{dataset}/ar.safetensors",
+        metrics="results/{dataset}/ar_metrics.csv",
     params:
+        fp=NO_FP,
         tracked=tracked("train_ar"),
     threads: stage_threads("train_ar")
     resources:
@@ -14,7 +16,5 @@ rule train_ar:
     log:
         "logs/train_ar/{dataset}.log",
     shell:
-        "larp train-ar --dataset {wildcards.dataset} --tokens data/tokens/{wildcards.dataset}"
-        " --tokenizer checkpoints/{wildcards.dataset}/tokenizer.safetensors"
-        " --out checkpoints/{wildcards.dataset}/ar.safetensors"
-        " --metrics results/{wildcards.dataset}/ar_metrics.csv 2> {log}"
+        "larp train-ar --dataset {wildcards.dataset} --tokens {input.tokens} --tokenizer {input.tokenizer}"
+        " --out {output.weights} --metrics {output.metrics}{params.fp} 2> {log}"

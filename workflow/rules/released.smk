@@ -28,23 +28,13 @@ def released_input(wildcards):
     return [] if src.startswith("hf:") else [src]
 
 
-def released_resources(stage):
-    r = getattr(resolved(RELEASED_DATASET).resources, stage)
-    return dict(gpu=r.gpus, mem_mb=r.mem_mb, runtime=r.runtime)
-
-
-def released_shards(wildcards):
-    shards = resolved(RELEASED_DATASET).sample.shards
-    return [f"data/samples/ucf101_released/shard-{k}" for k in shards]
-
-
 rule import_released:
     input:
         released_input,
         code=stage_code("import_released"),
     output:
-        "checkpoints/{dataset}/released/{kind}.safetensors",
-        "checkpoints/{dataset}/released/{kind}.safetensors.json",
+        weights="checkpoints/{dataset}/released/{kind}.safetensors",
+        provenance="checkpoints/{dataset}/released/{kind}.safetensors.json",
     wildcard_constraints:
         dataset="ucf101|k600",  # the released tokenizer serves both; the generators: ar UCF-101, ar-fp K600
         kind="|".join(RELEASED_REPOS),
@@ -60,70 +50,52 @@ rule import_released:
         "logs/import_released/{dataset}-{kind}.log",
     shell:
         "larp import-weights --dataset {wildcards.dataset} --kind {wildcards.kind} --src {params.src}"
-        " --out {output[0]} 2> {log}"
+        " --out {output.weights} 2> {log}"
 
 
-rule sample_released:
+# the class-conditional protocols (eval.smk) on the released UCF-101 models: the same rules with the released
+# weights in and their own files out
+use rule sample as sample_released with:
     input:
-        "data/frames/ucf101",
-        "checkpoints/ucf101/released/tokenizer.safetensors",
-        "checkpoints/ucf101/released/ar.safetensors",
-        code=stage_code("sample", dataset=RELEASED_DATASET),
+        frames="data/frames/{dataset}",
+        tokenizer="checkpoints/{dataset}/released/tokenizer.safetensors",
+        ar="checkpoints/{dataset}/released/ar.safetensors",
+        code=stage_code("sample"),
     output:
-        directory("data/samples/ucf101_released/shard-{shard}"),
-    params:
-        tracked=tracked("sample", dataset=RELEASED_DATASET),
-    threads: resolved(RELEASED_DATASET).resources.sample.cpus
-    resources:
-        **released_resources("sample"),
+        samples=directory("data/samples/{dataset}_released/shard-{shard}"),
+    wildcard_constraints:
+        dataset=RELEASED_DATASET,
     log:
-        "logs/sample/ucf101_released-{shard}.log",
-    shell:
-        "larp sample --dataset ucf101 --frames data/frames/ucf101"
-        " --tokenizer checkpoints/ucf101/released/tokenizer.safetensors"
-        " --ar checkpoints/ucf101/released/ar.safetensors --shard {wildcards.shard}"
-        " --out data/samples/ucf101_released/shard-{wildcards.shard} 2> {log}"
+        "logs/sample/{dataset}_released-{shard}.log",
 
 
-rule fvd_released:
+use rule fvd as fvd_released with:
     input:
-        "data/frames/ucf101",
-        "data/fvd_real/ucf101.npz",  # the protocol's real clips: the same as for our UCF-101 models
-        released_shards,
-        code=stage_code("fvd", dataset=RELEASED_DATASET),
+        frames="data/frames/{dataset}",
+        real="data/fvd_real/{dataset}.npz",  # the protocol's real clips: the same as for our UCF-101 models
+        shards=shard_dirs("data/samples/{dataset}_released"),
+        code=stage_code("fvd"),
     output:
-        "results/fvd_ucf101_released.json",
+        result="results/fvd_{dataset}_released.json",
+    wildcard_constraints:
+        dataset=RELEASED_DATASET,
     params:
-        tracked=tracked("fvd", dataset=RELEASED_DATASET),
-    threads: resolved(RELEASED_DATASET).resources.fvd.cpus
-    resources:
-        **released_resources("fvd"),
+        samples="data/samples/{dataset}_released",
     log:
-        "logs/fvd/ucf101_released.log",
-    shell:
-        "larp fvd --dataset ucf101 --frames data/frames/ucf101"
-        " --samples data/samples/ucf101_released --real data/fvd_real/ucf101.npz"
-        " --out results/fvd_ucf101_released.json 2> {log}"
+        "logs/fvd/{dataset}_released.log",
 
 
-rule rfvd_released:
+use rule rfvd as rfvd_released with:
     input:
-        "data/frames/ucf101",
-        "checkpoints/ucf101/released/tokenizer.safetensors",
-        code=stage_code("rfvd", dataset=RELEASED_DATASET),
+        frames="data/frames/{dataset}",
+        tokenizer="checkpoints/{dataset}/released/tokenizer.safetensors",
+        code=stage_code("rfvd"),
     output:
-        "results/rfvd_ucf101_released.json",
-    params:
-        tracked=tracked("rfvd", dataset=RELEASED_DATASET),
-    threads: resolved(RELEASED_DATASET).resources.fvd.cpus
-    resources:
-        **released_resources("fvd"),
+        result="results/rfvd_{dataset}_released.json",
+    wildcard_constraints:
+        dataset=RELEASED_DATASET,
     log:
-        "logs/rfvd/ucf101_released.log",
-    shell:
-        "larp rfvd --dataset ucf101 --frames data/frames/ucf101"
-        " --tokenizer checkpoints/ucf101/released/tokenizer.safetensors"
-        " --out results/rfvd_ucf101_released.json 2> {log}"
+        "logs/rfvd/{dataset}_released.log",
 
 
 # the frame-prediction protocol (FP-FVD, frame_prediction.smk) on the released FP generator: the same rules
@@ -135,7 +107,7 @@ use rule sample_fp as sample_fp_released with:
         ar="checkpoints/{dataset}/released/ar-fp.safetensors",
         code=stage_code("sample_fp"),
     output:
-        directory("data/samples_fp_released/{dataset}/shard-{shard}"),
+        samples=directory("data/samples_fp_released/{dataset}/shard-{shard}"),
     log:
         "logs/sample_fp/{dataset}_released-{shard}.log",
 
@@ -147,9 +119,8 @@ use rule fvd_fp as fvd_fp_released with:
         shards=shard_dirs("data/samples_fp_released/{dataset}"),
         code=stage_code("fvd_fp"),
     output:
-        "results/fvd_{dataset}_fp_released.json",
+        result="results/fvd_{dataset}_fp_released.json",
     params:
         samples="data/samples_fp_released/{dataset}",
-        tracked=tracked("fvd_fp"),
     log:
         "logs/fvd_fp/{dataset}_released.log",

@@ -6,7 +6,7 @@ rule report:
     input:
         "data/frames/{dataset}",
         "checkpoints/{dataset}/tokenizer.safetensors",
-        sample_shards,
+        shard_dirs("data/samples/{dataset}"),
         "results/fvd_{dataset}.json",
         "results/rfvd_{dataset}.json",
         "results/fvd_{dataset}_fp.json",
@@ -15,7 +15,7 @@ rule report:
         "results/{dataset}/ar_fp_metrics.csv",
         code=stage_code("report"),
     output:
-        "results/report_{dataset}.html",
+        report="results/report_{dataset}.html",
     params:
         tracked=tracked("report"),
     threads: stage_threads("fvd")  # the reconstructions run the tokenizer: an evaluation job's resources
@@ -24,4 +24,4 @@ rule report:
     log:
         "logs/report/{dataset}.log",
     shell:
-        "larp report run --dataset {wildcards.dataset} --out {output} 2> {log}"
+        "larp report run --dataset {wildcards.dataset} --out {output.report} 2> {log}"

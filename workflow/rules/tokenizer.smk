@@ -1,13 +1,14 @@
 rule train_tokenizer:
     input:
-        tokenizer_frames,
+        frames=tokenizer_frames,
         code=stage_code("train_tokenizer"),
     output:
         # only the weights: Snakemake deletes a failed job's outputs, and the resume checkpoints
         # (checkpoints/<ds>/runs/) must survive a preemption so that the retried job continues
-        "checkpoints/{dataset}/tokenizer.safetensors",
-        "results/{dataset}/tokenizer_metrics.csv",
+        weights="checkpoints/{dataset}/tokenizer.safetensors",
+        metrics="results/{dataset}/tokenizer_metrics.csv",
     params:
+        frames_root="data/frames",  # the command reads data/frames/<name> of each input above
         tracked=tracked("train_tokenizer"),
     threads: stage_threads("train_tokenizer")
     resources:
@@ -15,19 +16,20 @@ rule train_tokenizer:
     log:
         "logs/train_tokenizer/{dataset}.log",
     shell:
-        "larp train-tokenizer --dataset {wildcards.dataset} --frames-root data/frames"
-        " --out checkpoints/{wildcards.dataset}/tokenizer.safetensors"
-        " --metrics results/{wildcards.dataset}/tokenizer_metrics.csv 2> {log}"
+        "larp train-tokenizer --dataset {wildcards.dataset} --frames-root {params.frames_root}"
+        " --out {output.weights} --metrics {output.metrics} 2> {log}"
 
 
+# tokenize_fp (frame_prediction.smk) reuses this rule with --fp
 rule tokenize:
     input:
-        "data/frames/{dataset}",
-        "checkpoints/{dataset}/tokenizer.safetensors",
+        frames="data/frames/{dataset}",
+        tokenizer="checkpoints/{dataset}/tokenizer.safetensors",
         code=stage_code("tokenize"),
     output:
-        directory("data/tokens/{dataset}"),
+        tokens=directory("data/tokens/{dataset}"),
     params:
+        fp=NO_FP,
         tracked=tracked("tokenize"),
     threads: stage_threads("tokenize")
     resources:
@@ -35,6 +37,5 @@ rule tokenize:
     log:
         "logs/tokenize/{dataset}.log",
     shell:
-        "larp tokenize --dataset {wildcards.dataset} --frames data/frames/{wildcards.dataset}"
-        " --tokenizer checkpoints/{wildcards.dataset}/tokenizer.safetensors"
-        " --out data/tokens/{wildcards.dataset} 2> {log}"
+        "larp tokenize --dataset {wildcards.dataset} --frames {input.frames} --tokenizer {input.tokenizer}"
+        " --out {output.tokens}{params.fp} 2> {log}"

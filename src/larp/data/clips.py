@@ -1,4 +1,4 @@
-"""Clips of extracted videos for training and evaluation (LARP_SPEC.md section 5).
+"""Clips of extracted videos for training and evaluation (docs/protocols.md#clip-sampling).
 
 * ``mode="train"``: one item per video, a random window of ``frames`` consecutive frames at native fps
   (start uniform in [0, n - frames]; a shorter video is padded by repeating its last frame) and one

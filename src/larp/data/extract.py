@@ -2,7 +2,7 @@
 
 The resize is LARP's: torchvision ``Resize(size, antialias=True)`` (bilinear, short side) then
 ``CenterCrop(size)``, applied to the decoded RGB frames. We run torchvision's uint8 kernel, which is within
-one grey level of LARP's float path and several times faster (FVD_AND_DATA.md section G).
+one grey level of LARP's float path and several times faster (docs/protocols.md#frame-extraction).
 
 Output (see :mod:`larp.data.frames` for the shard format)::
 

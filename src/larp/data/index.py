@@ -70,7 +70,7 @@ def read_class_ind(path: str | Path) -> list[str]:
 def larp_labels(classes: list[str]) -> dict[str, int]:
     """Class name -> label as LARP assigns it: the rank in the case-sensitively sorted class names.
 
-    LARP's loader (LARP_SPEC.md section 5) sorts the action names case-sensitively, and its released
+    LARP's loader (docs/protocols.md#labels) sorts the action names case-sensitively, and its released
     class-conditional generator was trained with those labels, so we use them too. The real classInd.txt is
     sorted case-insensitively: the two orders differ for Hammering/HammerThrow and JumpingJack/JumpRope
     (classInd 35/36 and 47/48 are LARP labels 35/34 and 47/46). classInd.txt still validates the lists.

@@ -44,7 +44,7 @@ class Archive:
 
 
 # The RAR has no published sha256. Its md5 comes from third-party code (a PyTorch-Lightning UCF101DataModule)
-# and is unverified here (FVD_AND_DATA.md §F): it is checked, and a mismatch says how to override it.
+# and is unverified here (docs/protocols.md#ucf-101): it is checked, and a mismatch says how to override it.
 OFFICIAL_VIDEOS = Archive("https://www.crcv.ucf.edu/data/UCF101/UCF101.rar", sha256=None,
                           md5="6463accf4bbc20fa6418ab7f159e6149")
 # sha256 and size from TFDS url_checksums/ucf101.txt.

@@ -1,4 +1,4 @@
-"""Transformer discriminator of the LARP tokenizer GAN (LARP_SPEC.md section 3.2): one logit per clip.
+"""Transformer discriminator of the LARP tokenizer GAN (docs/model.md#discriminator): one logit per clip.
 
 video (b, c, t, h, w) -> Conv3d patches + fixed 3D sin-cos -> prepend a learned CLS token (no position) ->
 pre-norm ViT blocks -> LayerNorm(eps 1e-6) on the CLS output -> Linear(width -> 1).

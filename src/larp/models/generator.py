@@ -1,4 +1,5 @@
-"""AR generator ``llama-abs-LP`` (LARP_SPEC.md 4.1), class-conditional or frame-prediction (4.4).
+"""AR generator ``llama-abs-LP`` (docs/model.md#generator), class-conditional or frame-prediction
+(docs/model.md#frame-prediction).
 
 A Llama-style decoder (RMSNorm, fused-qkv multi-head attention, SwiGLU) with a *learned absolute* position
 table instead of RoPE. N = ``seq_len`` = 1024 tokens per clip. The sequence starts with a condition of

@@ -1,7 +1,7 @@
 """Building blocks shared by the tokenizer encoder/decoder and the discriminator.
 
-Axis letters: video ``b c t h w``; tokens ``b n d``. Fixed sin-cos positions follow LARP_SPEC.md section 1.3
-(MAE convention): 1D = [sin(p w), cos(p w)] with w_i = 1 / 10000^(i / (D/2)); 2D = first half from the column
+Axis letters: video ``b c t h w``; tokens ``b n d``. Fixed sin-cos positions (docs/model.md#positional-encodings;
+MAE convention): 1D = [sin(p w), cos(p w)] with w_i = 1 / 10000^(i / (D/2)); 2D = first half from the column
 (w) index, second half from the row (h) index, tokens row-major; 3D = 2D broadcast over t plus a full-width 1D
 table of the temporal index, flattened in (t, h, w) order.
 """

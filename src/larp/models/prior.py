@@ -1,4 +1,4 @@
-"""The training-time AR prior ("gptc": a minGPT-style continuous GPT) and its loss (LARP_SPEC.md section 2).
+"""The training-time AR prior ("gptc": a minGPT-style continuous GPT) and its loss (docs/model.md#prior).
 
 Tokens ``b n d`` with d = code dim (16). The prior reads the straight-through unit code vectors in query
 order, regresses the next unit vector, and is scored by cross-entropy over

@@ -1,4 +1,4 @@
-"""Stochastic vector quantisation (SVQ) against an l2-normalised codebook (LARP_SPEC.md section 1.5).
+"""Stochastic vector quantisation (SVQ) against an l2-normalised codebook (docs/model.md#svq).
 
 Tokens ``b n d``. All math runs in float32 with autocast off, whatever the surrounding precision.
 Training: k ~ Categorical(softmax(cos(z, e_k) / tau)); evaluation: k = argmax cos(z, e_k).

@@ -1,4 +1,4 @@
-"""LARP holistic video tokenizer (LARP_SPEC.md section 1) with its optional training-time AR prior
+"""LARP holistic video tokenizer (docs/model.md#tokenizer) with its optional training-time AR prior
 (section 2).
 
 video (b, c, t, h, w) in [0, 1]

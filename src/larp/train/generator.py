@@ -1,4 +1,4 @@
-"""`larp train-ar`: the AR generator's training task for the shared loop (LARP_SPEC.md 4.2, 4.4).
+"""`larp train-ar`: the AR generator's training task for the shared loop (docs/training.md#ar-training).
 
 Class-conditional: sequence = [class embedding, z_0 .. z_1022] -> logits for z_0 .. z_1023 (cross-entropy,
 mean). Frame prediction (``generator.frame_prediction``): sequence = [1024 condition tokens, SEP, z_0 .. z_1022]

@@ -1,5 +1,5 @@
-"""Learning-rate schedule: per-step cosine with a linear warm-up and a floor (LARP_SPEC 3.3, 4.2), and the step
-counts it runs over."""
+"""Learning-rate schedule: per-step cosine with a linear warm-up and a floor, and the step counts it runs over
+(docs/training.md#learning-rate-schedule)."""
 
 from __future__ import annotations
 

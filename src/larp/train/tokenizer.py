@@ -1,4 +1,5 @@
-"""`larp train-tokenizer`: the LARP tokenizer's training task for the shared loop (LARP_SPEC.md section 3).
+"""`larp train-tokenizer`: the LARP tokenizer's training task for the shared loop
+(docs/training.md#tokenizer-training).
 
 One optimizer step = [discriminator phase on every ``d_update_every``-th step] + generator phase:
   G: L1 + LPIPS + 0.3 NS-GAN + 0.1 VQ + alpha prior, Adam(0.5, 0.9), lr 1e-4 (prior group: see prior.lr_mult)
