@@ -221,7 +221,7 @@ def _main(argv: list[str]) -> int:
     try:
         for weights in (getattr(args, "tokenizer", None), getattr(args, "ar", None)):
             if weights is not None:  # a bad weights file fails now, not after the data is loaded
-                from larp.train.checkpoint import check_weights_file
+                from larp.models.weights_io import check_weights_file
 
                 check_weights_file(weights)
         return _run(args, pf, dataset, params)
@@ -237,7 +237,7 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     its arguments.
     """
     from larp.convert import ConversionError
-    from larp.train.checkpoint import CheckpointError
+    from larp.models.weights_io import CheckpointError
 
     return ParamsError, FileNotFoundError, CheckpointError, ConversionError, LaunchError
 

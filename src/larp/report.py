@@ -463,7 +463,7 @@ def main_report(argv: list[str] | None = None) -> int:
 def _main_run(args: argparse.Namespace) -> int:
     """``larp report run ...``: 2 on invalid parameters or a missing/unreadable input."""
     from larp.run_report import RunReportError, run_report
-    from larp.train.checkpoint import CheckpointError
+    from larp.models.weights_io import CheckpointError
 
     try:
         pf = read_params_file(args.params)

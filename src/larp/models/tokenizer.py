@@ -285,6 +285,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    from larp.train.checkpoint import load_state_dict_file
+    from larp.models.weights_io import load_state_dict_file
 
     return load_state_dict_file(path)

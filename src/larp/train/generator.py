@@ -24,7 +24,7 @@ from larp.config import Params, ParamsError
 from larp.files import atomic_write_json, sha256_file
 from larp.models.generator import LARPGenerator
 from larp.pipeline import STAGES
-from larp.train.checkpoint import load_weights
+from larp.models.weights_io import load_weights
 from larp.train.loop import Phase, StepContext, StepLoss, train
 from larp.visualize import grid_png, to_uint8
 

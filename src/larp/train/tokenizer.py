@@ -28,7 +28,7 @@ from larp.losses import LPIPS, LeCam, TokenizerLoss
 from larp.models.discriminator import TransformerDiscriminator
 from larp.models.tokenizer import LARPTokenizer
 from larp.pipeline import STAGES
-from larp.train.checkpoint import load_weights
+from larp.models.weights_io import load_weights
 from larp.train.loop import Phase, StepContext, StepLoss, train
 from larp.train.schedule import resolve_schedule
 from larp.visualize import grid_png, to_uint8, write_mp4
