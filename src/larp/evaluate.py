@@ -418,7 +418,7 @@ def fp_condition_tokens(tok, clip: torch.Tensor, index: int, params: Params) -> 
     ``generator.cond_frames`` frames repeated to the clip length, tokenized in fp32 as the official sampler does.
     ``sample.fp_condition_svq`` "sampled" draws them by stochastic SVQ, as the official evaluation, from the
     sample's own stream (the same whatever the shard); "argmax" takes the deterministic ones."""
-    from larp.sample import sample_generators
+    from larp.seeding import sample_generators
     from larp.tokenize import fp_condition
 
     sampled = params.sample.fp_condition_svq == "sampled"

@@ -13,7 +13,7 @@ C = ``cond_len`` positions, then the tokens:
 Training feeds [condition, z_0 .. z_{N-2}] (C + N - 1 positions, the length of ``abs_pe``) and scores
 z_0 .. z_{N-1}. Generation fills a static KV cache: ``prefill`` (condition, plus optionally a token prefix)
 and then one ``decode_step`` per token. The sampling loops (CFG, temperature, top-k/top-p) live in
-:mod:`larp.sample`.
+:mod:`larp.models.generation` (``LARPGenerator.generate``; sharded sampling of videos: :mod:`larp.sample`).
 
 Parameter names follow the official checkpoint (``tok_embeddings``, ``cls_embedding.embedding_table``,
 ``abs_pe``, ``layers.{i}.attention.wqkv`` ...), so released weights load without renaming.
@@ -24,7 +24,7 @@ Axis letters: b batch, n positions, h heads, d head dim, v vocabulary.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +32,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from larp.config import GeneratorConfig, preset
-
-if TYPE_CHECKING:
-    from larp.sample import Randomness
+from larp.models.generation import Randomness, generate
 
 PRESETS = {"llama-abs-LP": "paper", "tiny": "tiny"}  # generator preset -> larp.config preset
 
@@ -404,9 +402,7 @@ class LARPGenerator(nn.Module):
     def generate(self, condition: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: Randomness) -> Tensor:
-        """Sample (b, seq_len) token ids with the KV cache; see :func:`larp.sample.generate`."""
-        from larp.sample import generate  # sampling lives in its own module; imported late to avoid a cycle
-
+        """Sample (b, seq_len) token ids with the KV cache; see :func:`larp.models.generation.generate`."""
         return generate(self, condition, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                         top_p=top_p, generator=generator)
 

@@ -93,7 +93,7 @@ class GeneratorTask:
     def sample(self, step: int, directory: Path) -> None:
         """A few samples, cfg 1.0 as the official training-time samples: one per class, or (frame prediction)
         one per row of ``sample_conditions``."""
-        from larp.sample import sample_generators
+        from larp.seeding import sample_generators
 
         device = next(self.model.parameters()).device
         if self.p.generator.frame_prediction:

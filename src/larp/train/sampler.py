@@ -9,42 +9,21 @@ starts at global batch s mod steps_per_epoch of epoch s // steps_per_epoch: noth
 Per-item randomness (random clip start, flip, ...) must survive a resume and must not depend on which
 DataLoader worker loads the item. So every item is loaded under its own seed, derived from
 (seed, epoch, index), with the process-global torch / numpy / random generators seeded to it and restored
-afterwards: a dataset may simply call ``torch.rand`` or ``random.random`` in ``__getitem__``.
+afterwards (:mod:`larp.seeding`): a dataset may simply call ``torch.rand`` or ``random.random`` in
+``__getitem__``.
 """
 
 from __future__ import annotations
 
-import random
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one item of one epoch."""
-    return int(
-        np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1)
-    )
-
-
-@contextmanager
-def seeded_globals(seed: int) -> Iterator[None]:
-    """Seed torch (CPU), numpy and python ``random`` to ``seed`` inside the block; restore them after."""
-    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    torch.random.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would reseed CUDA too
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
+from larp.seeding import item_seed, seeded_globals
 
 
 class SeededItems(Dataset):
