@@ -96,8 +96,8 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
                  params: Params, *, progress: bool = True) -> None:
     """Generate shard ``shard`` of the gFVD set: videos.npy (uint8 n,T,H,W,3), samples.csv, previews."""
     from larp.sample import sample_videos
-    from larp.train.generator import load_generator
-    from larp.train.tokenizer import load_tokenizer
+    from larp.models.generator import load_generator
+    from larp.models.tokenizer import load_tokenizer
 
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -349,7 +349,7 @@ def rfvd(dataset: str, frames_dir: Path, tokenizer_weights: Path, out: Path, par
          progress: bool = True) -> dict:
     """Reconstruction FVD / PSNR / SSIM / LPIPS of the tokenizer (argmax SVQ) on the rFVD clips, with the
     mean-colour PSNR baseline and the codebook usage on those clips and on the held-out (test) clips."""
-    from larp.train.tokenizer import load_tokenizer
+    from larp.models.tokenizer import load_tokenizer
 
     t0 = time.time()
     frames_dir, out = Path(frames_dir), Path(out)
@@ -437,8 +437,8 @@ def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path,
     from larp.config import frame_prediction_params
     from larp.eval.protocols import fp_fvd_shard
     from larp.sample import sample_videos
-    from larp.train.generator import load_generator
-    from larp.train.tokenizer import load_tokenizer
+    from larp.models.generator import load_generator
+    from larp.models.tokenizer import load_tokenizer
 
     t0 = time.time()
     params = frame_prediction_params(params)

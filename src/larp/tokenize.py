@@ -27,7 +27,9 @@ from tqdm import tqdm
 
 from larp.config import Params
 from larp.data.clips import ClipDataset
+from larp.data.tokens import TokenDataset, cond_shard_path, shard_path  # noqa: F401  (public here too)
 from larp.files import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from larp.models.tokenizer import load_tokenizer
 from larp.provenance import provenance
 
 
@@ -69,14 +71,6 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def shard_path(out_dir: Path, k: int) -> Path:
-    return out_dir / f"tokens-{k:05d}.npy"
-
-
-def cond_shard_path(out_dir: Path, k: int) -> Path:
-    return out_dir / f"cond-{k:05d}.npy"
-
-
 def _shard_paths(out_dir: Path, k: int, params: Params) -> list[Path]:
     paths = [shard_path(out_dir, k)]
     return paths + [cond_shard_path(out_dir, k)] if params.generator.frame_prediction else paths
@@ -95,8 +89,6 @@ def _shard_complete(path: Path, clips: int, num_tokens: int) -> bool:
 def tokenize_dataset(frames_dir: Path, weights: Path, out_dir: Path, params: Params, *,
                      device: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Tokenize every training clip (see the module docstring); returns the clip table."""
-    from larp.train.tokenizer import load_tokenizer
-
     frames_dir, weights, out_dir = Path(frames_dir), Path(weights), Path(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, world = _rank_world()
@@ -149,43 +141,3 @@ def tokenize_dataset(frames_dir: Path, weights: Path, out_dir: Path, params: Par
             clips=len(clips), shards=len(shards), num_tokens=n_tok, deterministic_svq=True,
             frame_prediction=fp, cond_frames=cond_frames if fp else None))
     return clips
-
-
-class TokenDataset(torch.utils.data.Dataset):
-    """Items ``(condition, tokens int64 (num_tokens,))`` of a tokenize output, held in memory.
-
-    The condition is the class id (int64), or with ``frame_prediction`` the condition tokens (num_tokens,)
-    int64 of the clip (``cond-KKKKK.npy``, written by a frame-prediction tokenize run).
-    """
-
-    def __init__(self, tokens_dir: str | Path, *, frame_prediction: bool = False) -> None:
-        tokens_dir = Path(tokens_dir)
-        table = tokens_dir / "clips.csv"
-        if not table.is_file():
-            raise FileNotFoundError(f"{table} not found: run `larp tokenize` first (or let it finish)")
-        self.clips = pd.read_csv(table)
-        ks = sorted(self.clips["shard"].unique())
-        self.tokens = torch.from_numpy(np.concatenate([np.load(shard_path(tokens_dir, k)) for k in ks])
-                                       .astype(np.int64))
-        self.labels = torch.from_numpy(self.clips["label"].to_numpy(np.int64).copy())
-        if len(self.tokens) != len(self.clips):
-            raise ValueError(f"{tokens_dir}: {len(self.tokens)} token rows for {len(self.clips)} clips")
-        self.cond_tokens: torch.Tensor | None = None
-        if frame_prediction:
-            missing = [cond_shard_path(tokens_dir, k).name for k in ks if not cond_shard_path(tokens_dir, k).is_file()]
-            if missing:
-                raise FileNotFoundError(f"{tokens_dir}: no condition tokens {missing[:3]}: tokenize with "
-                                        "generator.frame_prediction = true for a frame-prediction run")
-            cond = np.concatenate([np.load(cond_shard_path(tokens_dir, k)) for k in ks]).astype(np.int64)
-            self.cond_tokens = torch.from_numpy(cond)
-            if self.cond_tokens.shape != self.tokens.shape:
-                raise ValueError(f"{tokens_dir}: condition tokens {tuple(self.cond_tokens.shape)} do not match "
-                                 f"the clip tokens {tuple(self.tokens.shape)}")
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cond = self.labels[i] if self.cond_tokens is None else self.cond_tokens[i]
-        return cond, self.tokens[i]
-

@@ -24,6 +24,7 @@ Axis letters: b batch, n positions, h heads, d head dim, v vocabulary.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,8 +32,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from larp.config import GeneratorConfig, preset
+from larp.config import GeneratorConfig, Params, preset
 from larp.models.generation import Randomness, generate
+from larp.models.weights_io import load_weights
 
 PRESETS = {"llama-abs-LP": "paper", "tiny": "tiny"}  # generator preset -> larp.config preset
 
@@ -426,4 +428,12 @@ def preset_config(name: str, **overrides: Any) -> GeneratorConfig:
     return cfg
 
 
-__all__ = ["LARPGenerator", "GeneratorConfig", "KVCache", "RMSNorm", "SwiGLU", "preset_config"]
+
+def load_generator(weights: Path, params: Params, device: str | torch.device = "cpu") -> LARPGenerator:
+    """The trained generator of a ``train_ar`` weights file, in eval mode."""
+    model = LARPGenerator(params.generator)
+    load_weights(Path(weights), model, "generator")
+    return model.to(device).eval()
+
+
+__all__ = ["LARPGenerator", "GeneratorConfig", "KVCache", "RMSNorm", "SwiGLU", "load_generator", "preset_config"]

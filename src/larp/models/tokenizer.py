@@ -19,10 +19,11 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from larp.config import PriorParams, TokenizerConfig, preset
+from larp.config import Params, PriorParams, TokenizerConfig, preset
 from larp.models.layers import PatchEmbed3D, Transformer, sincos_1d, sincos_3d, xavier_linears_
 from larp.models.prior import GPTCPrior, prior_loss, scheduled_sampling_ratio
 from larp.models.svq import SVQ, SVQOutput
+from larp.models.weights_io import load_weights
 
 PRESETS = {"larp-l-long": "paper", "tiny": "tiny"}
 
@@ -288,3 +289,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     from larp.models.weights_io import load_state_dict_file
 
     return load_state_dict_file(path)
+
+
+def load_tokenizer(weights: Path, params: Params, device: str | torch.device = "cpu") -> LARPTokenizer:
+    """The trained tokenizer of a ``train_tokenizer`` weights file, in eval mode (argmax SVQ)."""
+    model = LARPTokenizer(params.tokenizer, params.prior)
+    load_weights(Path(weights), model, "tokenizer")
+    return model.to(device).eval()

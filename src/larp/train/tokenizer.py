@@ -26,9 +26,8 @@ from larp.data.clips import ClipDataset
 from larp.files import atomic_write_json, sha256_file
 from larp.losses import LPIPS, LeCam, TokenizerLoss
 from larp.models.discriminator import TransformerDiscriminator
-from larp.models.tokenizer import LARPTokenizer
+from larp.models.tokenizer import LARPTokenizer, load_tokenizer  # noqa: F401  (public here too)
 from larp.pipeline import STAGES
-from larp.models.weights_io import load_weights
 from larp.train.loop import Phase, StepContext, StepLoss, train
 from larp.train.schedule import resolve_schedule
 from larp.visualize import grid_png, to_uint8, write_mp4
@@ -177,10 +176,3 @@ def train_tokenizer(frames: Path | Sequence[Path], weights_out: Path, params: Pa
     train(lambda dev: TokenizerTask(params, steps, preview), dataset, t, run_dir, weights_out, device=device,
           progress=progress)
     return run_dir
-
-
-def load_tokenizer(weights: Path, params: Params, device: str | torch.device = "cpu") -> LARPTokenizer:
-    """The trained tokenizer of a ``train_tokenizer`` weights file, in eval mode (argmax SVQ)."""
-    model = LARPTokenizer(params.tokenizer, params.prior)
-    load_weights(Path(weights), model, "tokenizer")
-    return model.to(device).eval()
