@@ -12,7 +12,7 @@ How it gets here, offline-safe and without trusting the pickle:
 2. The checkpoint is read from the archive in memory and checked against its own pinned sha256.
 3. It is unpickled by :class:`NumpyOnlyUnpickler`, which resolves the three globals numpy's array pickling
    needs and refuses every other one, so a doctored file cannot run code.
-4. It is converted once to our :class:`~larp.eval.i3d.InceptionI3d` names with an explicit, complete key map
+4. It is converted once to our :class:`~larp.eval.i3d_net.InceptionI3d` names with an explicit, complete key map
    (every source key used, every shape checked by the strict load) and saved as safetensors in the cache;
    afterwards the detector loads only that tensor file and checks the weights against a pinned hash.
 
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from larp.eval.i3d import _MIXED, InceptionI3d, state_sha256
+from larp.eval.i3d_net import _MIXED, InceptionI3d, state_sha256
 from larp.files import atomic_path, sha256_file
 from larp.models.weights_io import load_weights, save_weights
 from larp.weights import WeightsUnavailable, cache_dir, offline
