@@ -38,7 +38,7 @@ from larp.eval.i3d import load_detector
 from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video, ssim_per_video
 from larp.eval.probe import DESCRIPTION as PROBE_DESCRIPTION
 from larp.eval.probe import NearestClassMean
-from larp.eval.protocols import clips_hash, gfvd_real_clips, held_out_clips, rfvd_clips
+from larp.eval.protocols import clips_hash, gfvd_real_clips, held_out_clips, rfvd_clips, shard_range
 from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.provenance import provenance
 from larp.visualize import grid_png, write_mp4
@@ -53,12 +53,6 @@ def gfvd_clips(frames_dir: Path, params: Params) -> pd.DataFrame:
     table = FrameStore(frames_dir).table
     return gfvd_real_clips(table, frames=params.data.frames, num_clips=params.fvd.num_clips,
                            seed=params.fvd.clip_seed, split=params.data.split)
-
-
-def shard_range(n: int, shard: int, num_shards: int) -> range:
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"shard {shard} outside [0, {num_shards}) (sample.shards)")
-    return range(shard * n // num_shards, (shard + 1) * n // num_shards)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from larp.config import Params
-from larp.data.clips import ClipDataset
+from larp.data.clips import ClipDataset, clip_index
 from larp.data.tokens import TokenDataset, cond_shard_path, shard_path  # noqa: F401  (public here too)
 from larp.files import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 from larp.models.tokenizer import load_tokenizer
@@ -46,19 +46,17 @@ def fp_condition(video: torch.Tensor, cond_frames: int) -> torch.Tensor:
 
 
 def clip_list(frames_dir: Path, params: Params) -> pd.DataFrame:
-    """All (video, start, flip) clips of the split's training videos, in a fixed order."""
+    """All (video, start, flip) clips of the split's training videos, in a fixed order: videos in table order,
+    starts every ``tokenize.clip_stride`` frames (a video shorter than a clip: start 0), unflipped then flipped."""
     ds = ClipDataset(frames_dir, split="train", split_index=params.data.split, mode="eval",
                      frames=params.data.frames)
     table, counts = ds.store.table, ds.store.frame_counts
-    stride, frames = params.tokenize.clip_stride, params.data.frames
-    rows = []
-    for row in ds.rows:
-        last = max(int(counts[row]) - frames, 0)
-        for start in range(0, last + 1, stride):
-            for flip in ((False, True) if params.tokenize.flips else (False,)):
-                rows.append((int(row), str(table["video_id"].iloc[row]), int(table["label"].iloc[row]), start,
-                             flip))
-    df = pd.DataFrame(rows, columns=["video_row", "video_id", "label", "start", "flip"])
+    pos, start = clip_index(counts[ds.rows], params.data.frames, params.tokenize.clip_stride, keep_short=True)
+    flips = (False, True) if params.tokenize.flips else (False,)
+    rows = np.repeat(ds.rows[pos].astype(np.int64), len(flips))
+    df = pd.DataFrame({"video_row": rows, "video_id": table["video_id"].to_numpy()[rows].astype(str),
+                       "label": table["label"].to_numpy()[rows].astype(np.int64),
+                       "start": np.repeat(start, len(flips)), "flip": np.tile(flips, len(pos))})
     n = params.tokenize.shard_clips
     df["shard"], df["offset"] = np.arange(len(df)) // n, np.arange(len(df)) % n
     return df
