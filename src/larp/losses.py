@@ -10,8 +10,6 @@ Videos are float (b, c, t, h, w) in [0, 1]. LPIPS runs per frame on the b*t imag
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,6 +19,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from larp.config import LossParams, PriorParams
+from larp.models.layers import frozen
 from larp.models.tokenizer import TokenizerOutput
 from larp.weights import WeightFile, ensure_weights
 
@@ -165,18 +164,6 @@ class LeCam(nn.Module):
                 self.ema_real.lerp_(real.detach(), 1 - self.decay)
                 self.ema_fake.lerp_(fake.detach(), 1 - self.decay)
         return reg
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Temporarily set requires_grad False on ``module``'s parameters (gradients still flow through it)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(f)
 
 
 # --------------------------------------------------------------------------------------------------

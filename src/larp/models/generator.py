@@ -23,7 +23,7 @@ Axis letters: b batch, n positions, h heads, d head dim, v vocabulary.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from larp.config import GeneratorConfig, Params, preset
+from larp.config import GeneratorConfig, Params, preset_section
 from larp.models.generation import Randomness, generate
 from larp.models.weights_io import load_weights
 
@@ -409,24 +409,8 @@ class LARPGenerator(nn.Module):
                         top_p=top_p, generator=generator)
 
 
-def preset_config(name: str, **overrides: Any) -> GeneratorConfig:
-    """GeneratorConfig of a named preset with field overrides; unknown names/wrong types raise ValueError."""
-    if name not in PRESETS:
-        raise ValueError(f"LARPGenerator preset: unknown name {name!r}; choose one of {sorted(PRESETS)}")
-    base = preset(PRESETS[name]).generator
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(GeneratorConfig)}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ValueError(f"generator.{key}: unknown field (known: {', '.join(sorted(fields))})")
-        want = type(fields[key])
-        if want is float and type(value) is int:  # ints are fine where floats are expected
-            overrides[key] = value = float(value)
-        if type(value) is not want:  # exact type: rejects True for an int field and 2.5 for an int field
-            raise ValueError(f"generator.{key}: expected {want.__name__}, got {value!r}")
-    cfg = dataclasses.replace(base, **overrides)
-    cfg.validate()
-    return cfg
-
+# GeneratorConfig of a generator preset name with field overrides (checked as params.yaml overrides are)
+preset_config = functools.partial(preset_section, "generator", PRESETS)
 
 
 def load_generator(weights: Path, params: Params, device: str | torch.device = "cpu") -> LARPGenerator:

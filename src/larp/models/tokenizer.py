@@ -11,7 +11,7 @@ Token order = query index.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,7 +19,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from larp.config import Params, PriorParams, TokenizerConfig, preset
+from larp.config import Params, PriorParams, TokenizerConfig, preset, preset_section
 from larp.models.layers import PatchEmbed3D, Transformer, sincos_1d, sincos_3d, xavier_linears_
 from larp.models.prior import GPTCPrior, prior_loss, scheduled_sampling_ratio
 from larp.models.svq import SVQ, SVQOutput
@@ -265,20 +265,8 @@ class LARPTokenizer(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def preset_config(name: str, **overrides: Any) -> TokenizerConfig:
-    """TokenizerConfig of a named preset with field overrides (unknown names raise ValueError)."""
-    if name not in PRESETS:
-        raise ValueError(f"LARPTokenizer preset: unknown name {name!r}; choose one of {sorted(PRESETS)}")
-    base = preset(PRESETS[name]).tokenizer
-    known = {f.name for f in dataclasses.fields(TokenizerConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(
-            f"LARPTokenizer preset: unknown tokenizer field {unknown[0]!r} (known: {sorted(known)})"
-        )
-    cfg = dataclasses.replace(base, **overrides)
-    cfg.validate()
-    return cfg
+# TokenizerConfig of a tokenizer preset name with field overrides (checked as params.yaml overrides are)
+preset_config = functools.partial(preset_section, "tokenizer", PRESETS)
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:

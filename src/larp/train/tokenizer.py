@@ -23,6 +23,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from larp.config import Params
 from larp.data.clips import ClipDataset
+from larp.eval.metrics import psnr_per_video
 from larp.files import atomic_write_json, sha256_file
 from larp.losses import LPIPS, LeCam, TokenizerLoss
 from larp.models.discriminator import TransformerDiscriminator
@@ -48,9 +49,9 @@ class Critic(nn.Module):
 
 
 def psnr(video: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-    """Mean over clips of -10 log10(per-clip MSE), reconstruction clamped to [0, 1] as LARP logs it."""
-    mse = (video.float() - recon.detach().float().clamp(0, 1)).pow(2).flatten(1).mean(1)
-    return (-10 * torch.log10(mse.clamp_min(1e-10))).mean()
+    """Mean over clips of the PSNR (dB), reconstruction clamped to [0, 1] as LARP logs it; an exact clip
+    counts 100 dB (a finite log)."""
+    return psnr_per_video(recon.detach().clamp(0, 1), video).clamp(max=100).mean().float()
 
 
 class TokenizerTask:
