@@ -86,7 +86,7 @@ from larp.train.checkpoint import (
 )
 from larp.train.csvlog import MetricsCSV
 from larp.train.distributed import DistEnv, all_reduce_mean, any_rank, setup_distributed, teardown_distributed
-from larp.train.sampler import micro_batches
+from larp.train.data_order import micro_batches
 from larp.train.schedule import lr_multiplier, resolve_schedule
 
 

@@ -1,11 +1,11 @@
 """`larp train-tokenizer`: the LARP tokenizer's training task for the shared loop (LARP_SPEC.md section 3).
 
-One optimizer step = [discriminator phase on every ``d_update_every``-th step] + generator phase:
+One optimizer step = [discriminator phase on every ``d_update_every``-th step] + autoencoder phase (the GAN's G):
   G: L1 + LPIPS + 0.3 NS-GAN + 0.1 VQ + alpha prior, Adam(0.5, 0.9), lr 1e-4 (prior group: lr_mult, see quirk)
   D: ns_smooth BCE + LeCam on (real, detached reconstruction), Adam(0.5, 0.9), lr 3e-5
 
 Deviation (documented in the README): on discriminator steps the reconstruction D sees comes from its own
-no-grad tokenizer pass (stochastic SVQ) instead of the generator step's forward, so that gradient accumulation
+no-grad tokenizer pass (stochastic SVQ) instead of the autoencoder step's forward, so that gradient accumulation
 never keeps graphs across micro-batches; it costs one extra forward every ``d_update_every`` steps.
 """
 
@@ -84,18 +84,20 @@ class TokenizerTask:
 
     def phases(self, step: int, epoch: int) -> list[Phase]:
         d_step = "discriminator" in self.modules and self.loss.update_discriminator_now(step=step, epoch=epoch)
-        return [Phase("d", self.discriminator_loss)] * d_step + [Phase("g", self.generator_loss)]
+        return [Phase("d", self.discriminator_loss)] * d_step + [Phase("g", self.autoencoder_loss)]
 
-    def generator_loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepLoss:
+    def autoencoder_loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepLoss:
         video = batch[0]
         out = ctx.modules["tokenizer"](video, step=ctx.step, max_steps=self.total_steps)
-        g = self.loss.generator_loss(video, out, ctx.modules.get("discriminator"), step=ctx.step, epoch=ctx.epoch)
+        g = self.loss.autoencoder_loss(video, out, ctx.modules.get("discriminator"), step=ctx.step, epoch=ctx.epoch)
         metrics = {"l1": g.l1, "perceptual": g.perceptual, "gan": g.gan, "vq": g.vq, "prior": g.prior,
                    "psnr": psnr(video, out.reconstruction), "code_usage": out.usage,
                    "code_perplexity": out.perplexity}
         if out.prior_top1 is not None:
             metrics.update(prior_top1=out.prior_top1, prior_top5=out.prior_top5, ss_ratio=out.ss_ratio)
         return StepLoss(g.total, metrics)
+
+    generator_loss = autoencoder_loss  # the old name
 
     def discriminator_loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepLoss:
         video = batch[0]
