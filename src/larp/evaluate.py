@@ -1,11 +1,12 @@
-"""`larp sample`, `larp fvd`, `larp rfvd`: the evaluation protocols of LARP_SPEC.md section 6, end to end.
+"""`larp fvd-real`, `larp fvd`, `larp rfvd`: the evaluation protocols of LARP_SPEC.md section 6, end to end.
 
 gFVD: the real set is ``fvd.num_clips`` clips drawn with ``random.Random(fvd.clip_seed)`` from all
 non-overlapping clips of the split's training videos; their labels condition the generated videos (sample i
 gets the label of real clip i); FVD = generated vs those same real clips. Beside it, the class accuracy of a
 nearest-class-mean probe on the same detector's features (larp.eval.probe), fitted on those real clips: on the
-samples with their conditioning labels, and on the held-out (test) clips as the ceiling. Sampling is sharded: shard k of S
-generates indices [k n / S, (k + 1) n / S), each from its own seeded stream, and `larp fvd` merges the shards.
+samples with their conditioning labels, and on the held-out (test) clips as the ceiling. Sampling is sharded
+(`larp sample`, larp.sample: shard k of S generates indices [k n / S, (k + 1) n / S), each from its own seeded
+stream), and `larp fvd` merges the shards.
 
 rFVD: one clip per training video (start from ``fvd.rfvd_seed``), reconstructed with argmax SVQ; also PSNR
 (mean of per-video PSNR), SSIM and LPIPS. Beside them, on the same clips and on every non-overlapping clip of
@@ -38,80 +39,18 @@ from larp.eval.i3d import load_detector
 from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video, ssim_per_video
 from larp.eval.probe import DESCRIPTION as PROBE_DESCRIPTION
 from larp.eval.probe import NearestClassMean
-from larp.eval.protocols import clips_hash, gfvd_real_clips, held_out_clips, rfvd_clips, shard_range
+from larp.eval.protocols import (  # noqa: F401  (gfvd_clips, fp_clips, shard_range: public here too)
+    clips_hash,
+    fp_clips,
+    gfvd_clips,
+    held_out_clips,
+    rfvd_clips,
+    shard_range,
+)
 from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.provenance import provenance
-from larp.visualize import grid_png, write_mp4
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def gfvd_clips(frames_dir: Path, params: Params) -> pd.DataFrame:
-    """The gFVD protocol's real clips (row, video_id, start, label), in draw order."""
-    table = FrameStore(frames_dir).table
-    return gfvd_real_clips(table, frames=params.data.frames, num_clips=params.fvd.num_clips,
-                           seed=params.fvd.clip_seed, split=params.data.split)
-
-
-# --------------------------------------------------------------------------------------------------
-# sampling
-
-
-def _precision(gen, tok, params: Params, device: torch.device, tokenizer_dtype: torch.dtype):
-    """(sampling dtype, decode function): ``sample.dtype`` and ``tokenizer_dtype`` on a GPU, with the weights cast
-    to them when ``sample.cast_weights`` (the official sampler), else under autocast; float32 on a CPU."""
-    from larp.sample import DTYPES, sampling_precision
-
-    on_gpu = device.type == "cuda"
-    dtype = DTYPES[params.sample.dtype] if on_gpu else torch.float32
-    decode = sampling_precision(gen, tok, dtype, tokenizer_dtype if on_gpu else torch.float32,
-                                cast_weights=params.sample.cast_weights)
-    return dtype, decode
-
-
-def _write_shard(out_dir: Path, videos: np.ndarray, table: pd.DataFrame, mp4s: int, meta: dict) -> None:
-    """A sample shard: videos.npy (uint8 n,T,H,W,3), samples.csv (``index`` first), a PNG grid and the first
-    ``mp4s`` videos as MP4 for people, and sample.json (provenance). Every file is written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "videos.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, videos)
-    with atomic_path(out_dir / "samples.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    if len(videos):
-        grid_png(videos[:8], out_dir / "grid.png")
-        for i in range(min(mp4s, len(videos))):
-            write_mp4(videos[i], out_dir / f"sample-{int(table['index'].iloc[i]):06d}.mp4")
-    atomic_write_json(out_dir / "sample.json", meta)
-
-
-def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
-                 params: Params, *, progress: bool = True) -> None:
-    """Generate shard ``shard`` of the gFVD set: videos.npy (uint8 n,T,H,W,3), samples.csv, previews."""
-    from larp.sample import sample_videos
-    from larp.models.generator import load_generator
-    from larp.models.tokenizer import load_tokenizer
-
-    t0 = time.time()
-    out_dir = Path(out_dir)
-    clips = gfvd_clips(frames_dir, params)
-    idx = shard_range(len(clips), shard, len(params.sample.shards))  # non-empty: Params.validate checks it
-    pairs = [(i, int(clips["label"].iloc[i])) for i in idx]
-    device = _device()
-    gen = load_generator(ar_weights, params, device)
-    tok = load_tokenizer(tokenizer_weights, params, device)
-    s = params.sample
-    dtype, decode = _precision(gen, tok, params, device, torch.float16)  # the official decoder runs in fp16
-    res = sample_videos(gen, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
-                        top_p=s.top_p, seed=s.seed, batch_size=s.batch_size, device=device, dtype=dtype,
-                        progress=progress, decode=s.decode)
-    table = pd.DataFrame({"index": [i for i, _ in pairs], "label": [c for _, c in pairs], "nll": res.nll})
-    _write_shard(out_dir, res.videos, table, mp4s=2, meta=provenance(
-        {"sample": dataclasses.asdict(s)}, inputs={"tokenizer": sha256_file(tokenizer_weights),
-                                                   "ar": sha256_file(ar_weights)},
-        shard=shard, num_shards=len(s.shards), indices=[idx.start, idx.stop], num_samples=len(pairs),
-        clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))
+from larp.sample import default_device as _device
+from larp.sample import fp_condition_tokens, sample_fp_shard, sample_shard  # noqa: F401  (public here too)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,69 +334,6 @@ def rfvd(dataset: str, frames_dir: Path, tokenizer_weights: Path, out: Path, par
 
 # --------------------------------------------------------------------------------------------------
 # frame prediction (LARP_SPEC.md sections 4.4 and 6.4)
-
-
-def fp_clips(frames_dir: Path, params: Params) -> pd.DataFrame:
-    """The FP-FVD protocol's real clips: ``fvd.fp_num_clips`` drawn with ``fvd.clip_seed`` from all
-    non-overlapping clips of the held-out videos (K600 val; the split's test list for other datasets)."""
-    from larp.eval.protocols import fp_fvd_clips
-
-    table = FrameStore(frames_dir).table
-    return fp_fvd_clips(table, frames=params.data.frames, num_clips=params.fvd.fp_num_clips,
-                        seed=params.fvd.clip_seed, split="val")
-
-
-def fp_condition_tokens(tok, clip: torch.Tensor, index: int, params: Params) -> torch.Tensor:
-    """Condition tokens (num_tokens,) of sample ``index`` from its real clip (c, t, h, w): the first
-    ``generator.cond_frames`` frames repeated to the clip length, tokenized in fp32 as the official sampler does.
-    ``sample.fp_condition_svq`` "sampled" draws them by stochastic SVQ, as the official evaluation, from the
-    sample's own stream (the same whatever the shard); "argmax" takes the deterministic ones."""
-    from larp.seeding import sample_generators
-    from larp.tokenize import fp_condition
-
-    sampled = params.sample.fp_condition_svq == "sampled"
-    g = sample_generators(params.sample.seed, [index], "fp-condition", clip.device)[0] if sampled else None
-    with torch.no_grad():
-        return tok.quantize(fp_condition(clip[None], params.generator.cond_frames), stochastic=sampled,
-                            generator=g).indices[0]
-
-
-def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
-                    params: Params, *, progress: bool = True) -> None:
-    """Shard ``shard`` of the FP-FVD set: each sample continues the first ``generator.cond_frames`` frames of
-    its real clip (repeated to 16 frames, tokenized by :func:`fp_condition_tokens`, + SEP); the whole clip is
-    generated (no CFG), in the precision of ``sample.cast_weights`` (the tokenizer in fp32, as official). Each shard
-    generates only its own slice (the official code gave every parallel job the total count)."""
-    from larp.config import frame_prediction_params
-    from larp.eval.protocols import fp_fvd_shard
-    from larp.sample import sample_videos
-    from larp.models.generator import load_generator
-    from larp.models.tokenizer import load_tokenizer
-
-    t0 = time.time()
-    params = frame_prediction_params(params)
-    out_dir = Path(out_dir)
-    clips = fp_clips(frames_dir, params)
-    part = fp_fvd_shard(clips, shard, len(params.sample.shards))
-    device = _device()
-    gen = load_generator(ar_weights, params, device)
-    tok = load_tokenizer(tokenizer_weights, params, device)
-    reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
-    pairs = [(int(r.index), fp_condition_tokens(tok, reader.read_clip(int(r.row), int(r.start)).to(device),
-                                                int(r.index), params))
-             for r in tqdm(part.itertuples(), total=len(part), desc="conditions", disable=not progress)]
-    s = params.sample
-    dtype, decode = _precision(gen, tok, params, device, torch.float32)  # official: the FP tokenizer stays fp32
-    res = sample_videos(gen, decode, pairs, cfg_scale=1.0,
-                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed,
-                        batch_size=s.batch_size, device=device, dtype=dtype, progress=progress, decode=s.decode)
-    table = pd.DataFrame({"index": part["index"], "video_id": part["video_id"], "start": part["start"],
-                          "nll": res.nll})
-    _write_shard(out_dir, res.videos, table, mp4s=1, meta=provenance(
-        {"sample": dataclasses.asdict(s), "cond_frames": params.generator.cond_frames},
-        inputs={"tokenizer": sha256_file(tokenizer_weights), "ar": sha256_file(ar_weights)},
-        shard=shard, num_shards=len(s.shards), indices=[int(part["index"].min()), int(part["index"].max()) + 1],
-        num_samples=len(part), clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))
 
 
 def fp_fvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,

@@ -1,9 +1,13 @@
-"""Sampling videos from the AR generator, sharded: sample i is the same whatever shard or batch draws it.
+"""`larp sample`: videos from the AR generator, sharded; sample i is the same whatever shard or batch draws it.
 
 Sharded sampling seeds sample i's generator from (seed, i) (:func:`larp.seeding.sample_generators`): the
 video for index i is the same whatever the shard size or the batch size (up to last-bit differences of
 batched matmuls, which move a draw only if ``u`` falls within ~1e-7 of a CDF boundary). Drawing the tokens
 (guidance, token choice, the KV-cache loop) is :mod:`larp.models.generation`, re-exported here.
+
+The stage (:func:`sample_shard`, :func:`sample_fp_shard`): shard k of S generates the protocol's indices
+[k n / S, (k + 1) n / S) (gFVD: conditioned on the labels of the drawn real clips; FP-FVD: on the first frames
+of each real clip), and `larp fvd` (larp.evaluate) merges the shards.
 
 Axis letters: b batch, n tokens, v vocabulary; video b c t h w.
 """
@@ -11,12 +15,21 @@ Axis letters: b batch, n tokens, v vocabulary; video b c t h w.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import time
+from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence, Union
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 from tqdm import tqdm
+
+from larp.config import Params, frame_prediction_params
+from larp.data.clips import ClipDataset
+from larp.eval.protocols import clips_hash, fp_clips, fp_fvd_shard, gfvd_clips, shard_range
+from larp.files import atomic_path, atomic_write_json, sha256_file
 
 from larp.models.generation import (  # noqa: F401  (the token drawing, public here too)
     DECODE_MODES,
@@ -32,9 +45,12 @@ from larp.models.generation import (  # noqa: F401  (the token drawing, public h
     top_k_filter,
     top_p_filter,
 )
-from larp.models.generator import LARPGenerator
+from larp.models.generator import LARPGenerator, load_generator
+from larp.models.tokenizer import load_tokenizer
+from larp.provenance import provenance
 from larp.seeding import sample_generators, sample_seed  # noqa: F401  (public here too)
-from larp.visualize import to_uint8
+from larp.tokenize import fp_condition
+from larp.visualize import grid_png, to_uint8, write_mp4
 
 # SampleParams.dtype -> the autocast dtype of sampling (fp32: no autocast)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -186,3 +202,104 @@ def sample_videos(generator_model: LARPGenerator, tokenizer_decode_fn: Callable[
         videos.append(to_uint8(video))
         nlls.append(s.nll.cpu().numpy().astype(np.float32))
     return SampledVideos(np.concatenate(videos), np.concatenate(nlls))
+
+
+# --------------------------------------------------------------------------------------------------
+# `larp sample`: one shard of a protocol's generated videos
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _precision(gen, tok, params: Params, device: torch.device, tokenizer_dtype: torch.dtype):
+    """(sampling dtype, decode function): ``sample.dtype`` and ``tokenizer_dtype`` on a GPU, with the weights cast
+    to them when ``sample.cast_weights`` (the official sampler), else under autocast; float32 on a CPU."""
+    on_gpu = device.type == "cuda"
+    dtype = DTYPES[params.sample.dtype] if on_gpu else torch.float32
+    decode = sampling_precision(gen, tok, dtype, tokenizer_dtype if on_gpu else torch.float32,
+                                cast_weights=params.sample.cast_weights)
+    return dtype, decode
+
+
+def _write_shard(out_dir: Path, videos: np.ndarray, table: pd.DataFrame, mp4s: int, meta: dict) -> None:
+    """A sample shard: videos.npy (uint8 n,T,H,W,3), samples.csv (``index`` first), a PNG grid and the first
+    ``mp4s`` videos as MP4 for people, and sample.json (provenance). Every file is written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "videos.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, videos)
+    with atomic_path(out_dir / "samples.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if len(videos):
+        grid_png(videos[:8], out_dir / "grid.png")
+        for i in range(min(mp4s, len(videos))):
+            write_mp4(videos[i], out_dir / f"sample-{int(table['index'].iloc[i]):06d}.mp4")
+    atomic_write_json(out_dir / "sample.json", meta)
+
+
+def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
+                 params: Params, *, progress: bool = True) -> None:
+    """Generate shard ``shard`` of the gFVD set: videos.npy (uint8 n,T,H,W,3), samples.csv, previews."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    clips = gfvd_clips(frames_dir, params)
+    idx = shard_range(len(clips), shard, len(params.sample.shards))  # non-empty: Params.validate checks it
+    pairs = [(i, int(clips["label"].iloc[i])) for i in idx]
+    device = default_device()
+    gen = load_generator(ar_weights, params, device)
+    tok = load_tokenizer(tokenizer_weights, params, device)
+    s = params.sample
+    dtype, decode = _precision(gen, tok, params, device, torch.float16)  # the official decoder runs in fp16
+    res = sample_videos(gen, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
+                        top_p=s.top_p, seed=s.seed, batch_size=s.batch_size, device=device, dtype=dtype,
+                        progress=progress, decode=s.decode)
+    table = pd.DataFrame({"index": [i for i, _ in pairs], "label": [c for _, c in pairs], "nll": res.nll})
+    _write_shard(out_dir, res.videos, table, mp4s=2, meta=provenance(
+        {"sample": dataclasses.asdict(s)}, inputs={"tokenizer": sha256_file(tokenizer_weights),
+                                                   "ar": sha256_file(ar_weights)},
+        shard=shard, num_shards=len(s.shards), indices=[idx.start, idx.stop], num_samples=len(pairs),
+        clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))
+
+
+def fp_condition_tokens(tok, clip: torch.Tensor, index: int, params: Params) -> torch.Tensor:
+    """Condition tokens (num_tokens,) of sample ``index`` from its real clip (c, t, h, w): the first
+    ``generator.cond_frames`` frames repeated to the clip length, tokenized in fp32 as the official sampler does.
+    ``sample.fp_condition_svq`` "sampled" draws them by stochastic SVQ, as the official evaluation, from the
+    sample's own stream (the same whatever the shard); "argmax" takes the deterministic ones."""
+    sampled = params.sample.fp_condition_svq == "sampled"
+    g = sample_generators(params.sample.seed, [index], "fp-condition", clip.device)[0] if sampled else None
+    with torch.no_grad():
+        return tok.quantize(fp_condition(clip[None], params.generator.cond_frames), stochastic=sampled,
+                            generator=g).indices[0]
+
+
+def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
+                    params: Params, *, progress: bool = True) -> None:
+    """Shard ``shard`` of the FP-FVD set: each sample continues the first ``generator.cond_frames`` frames of
+    its real clip (repeated to 16 frames, tokenized by :func:`fp_condition_tokens`, + SEP); the whole clip is
+    generated (no CFG), in the precision of ``sample.cast_weights`` (the tokenizer in fp32, as official). Each shard
+    generates only its own slice (the official code gave every parallel job the total count)."""
+    t0 = time.time()
+    params = frame_prediction_params(params)
+    out_dir = Path(out_dir)
+    clips = fp_clips(frames_dir, params)
+    part = fp_fvd_shard(clips, shard, len(params.sample.shards))
+    device = default_device()
+    gen = load_generator(ar_weights, params, device)
+    tok = load_tokenizer(tokenizer_weights, params, device)
+    reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
+    pairs = [(int(r.index), fp_condition_tokens(tok, reader.read_clip(int(r.row), int(r.start)).to(device),
+                                                int(r.index), params))
+             for r in tqdm(part.itertuples(), total=len(part), desc="conditions", disable=not progress)]
+    s = params.sample
+    dtype, decode = _precision(gen, tok, params, device, torch.float32)  # official: the FP tokenizer stays fp32
+    res = sample_videos(gen, decode, pairs, cfg_scale=1.0,
+                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed,
+                        batch_size=s.batch_size, device=device, dtype=dtype, progress=progress, decode=s.decode)
+    table = pd.DataFrame({"index": part["index"], "video_id": part["video_id"], "start": part["start"],
+                          "nll": res.nll})
+    _write_shard(out_dir, res.videos, table, mp4s=1, meta=provenance(
+        {"sample": dataclasses.asdict(s), "cond_frames": params.generator.cond_frames},
+        inputs={"tokenizer": sha256_file(tokenizer_weights), "ar": sha256_file(ar_weights)},
+        shard=shard, num_shards=len(s.shards), indices=[int(part["index"].min()), int(part["index"].max()) + 1],
+        num_samples=len(part), clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))

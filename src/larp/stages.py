@@ -166,7 +166,7 @@ def sample(dataset: str, frames: Path, tokenizer: Path, ar: Path, shard: int, ou
            fp: bool = False) -> None:
     """`larp sample`: one shard of the gFVD protocol's class-conditional videos (``fp``: of FP-FVD's
     frame-prediction videos)."""
-    from larp.evaluate import sample_fp_shard, sample_shard
+    from larp.sample import sample_fp_shard, sample_shard
 
     (sample_fp_shard if fp else sample_shard)(Path(frames), Path(tokenizer), Path(ar), shard, Path(out), params)
 

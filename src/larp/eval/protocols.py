@@ -31,7 +31,9 @@ import torch
 from einops import rearrange
 from torchvision.transforms import Resize
 
+from larp.config import Params
 from larp.data.clips import clip_index
+from larp.data.frames import FrameStore
 
 CLIP_COLUMNS = ["row", "video_id", "start", "label"]
 _REQUIRED = ("video_id", "label", "num_frames")
@@ -169,3 +171,21 @@ def clips_hash(clips: pd.DataFrame) -> str:
     for r, v, s, lab in zip(clips["row"], clips["video_id"], clips["start"], clips["label"]):
         h.update(f"{int(r)},{v},{int(s)},{int(lab)}\n".encode())
     return h.hexdigest()
+
+
+# the protocols' clips of a dataset, from its frames table and the parameters
+
+
+def gfvd_clips(frames_dir: Path, params: Params) -> pd.DataFrame:
+    """The gFVD protocol's real clips (row, video_id, start, label), in draw order."""
+    table = FrameStore(frames_dir).table
+    return gfvd_real_clips(table, frames=params.data.frames, num_clips=params.fvd.num_clips,
+                           seed=params.fvd.clip_seed, split=params.data.split)
+
+
+def fp_clips(frames_dir: Path, params: Params) -> pd.DataFrame:
+    """The FP-FVD protocol's real clips: ``fvd.fp_num_clips`` drawn with ``fvd.clip_seed`` from all
+    non-overlapping clips of the held-out videos (K600 val; the split's test list for other datasets)."""
+    table = FrameStore(frames_dir).table
+    return fp_fvd_clips(table, frames=params.data.frames, num_clips=params.fvd.fp_num_clips,
+                        seed=params.fvd.clip_seed, split="val")
