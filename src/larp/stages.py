@@ -197,3 +197,10 @@ def rfvd(dataset: str, frames: Path, tokenizer: Path, out: Path, params: Params)
 
     r = run(dataset, Path(frames), Path(tokenizer), Path(out), params)
     print(f"rFVD {dataset}: {r['value']:.2f}, PSNR {r['psnr']:.2f}, SSIM {r['ssim']:.4f}, LPIPS {r['lpips']}")
+
+
+def import_weights(kind: str, src: str, out: Path, params: Params) -> None:
+    """`larp import-weights`: a released LARP checkpoint converted into our weights file, strictly checked."""
+    from larp.convert import import_weights_stage
+
+    import_weights_stage(kind, src, Path(out), params)
