@@ -49,8 +49,20 @@ from larp.eval.protocols import (  # noqa: F401  (gfvd_clips, fp_clips, shard_ra
 )
 from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.provenance import provenance
-from larp.sample import default_device as _device
-from larp.sample import fp_condition_tokens, sample_fp_shard, sample_shard  # noqa: F401  (public here too)
+
+
+def __getattr__(name: str):
+    """`larp sample` moved to larp.sample; its names stay importable from here (loaded on first use, so that
+    the FVD stages do not import the sampling code)."""
+    if name in ("sample_shard", "sample_fp_shard", "fp_condition_tokens"):
+        import larp.sample
+
+        return getattr(larp.sample, name)
+    raise AttributeError(f"module 'larp.evaluate' has no attribute {name!r}")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------------------------------
