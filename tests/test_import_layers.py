@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("larp.losses", "larp.visualize", "larp.eval"),
     ("larp.train",),
     # stage modules: one per `larp <command>` family
-    ("larp.tokenize", "larp.sample", "larp.evaluate", "larp.fvd", "larp.convert"),
+    ("larp.tokenize", "larp.sample", "larp.fvd", "larp.rfvd", "larp.evaluate", "larp.convert"),
     ("larp.run_report", "larp.report", "larp.html_page"),
     ("larp.launch", "larp.stages", "larp.cli"),
 ]

@@ -29,7 +29,7 @@ _MODELS = ("src/larp/models",)  # the models, drawing tokens, loading their weig
 _SAMPLE = Reads(("data", "tokenizer", "prior", "generator", "sample", "fvd"),
                 ("src/larp/sample.py", "src/larp/tokenize.py", "src/larp/eval/protocols.py", "src/larp/seeding.py",
                  "src/larp/visualize.py", *_MODELS, *_CLIPS))
-_FVD_REAL = Reads(("data", "fvd"), ("src/larp/eval", "src/larp/evaluate.py", *_CLIPS))
+_FVD_REAL = Reads(("data", "fvd"), ("src/larp/fvd.py", "src/larp/eval", *_CLIPS))
 _FVD = Reads(("data", "sample", "fvd"), _FVD_REAL.code)
 _TOKENIZE = ("src/larp/tokenize.py", "src/larp/data/tokens.py", *_MODELS, *_CLIPS)
 _TRAIN_AR = ("src/larp/models", "src/larp/train", "src/larp/data/tokens.py", "src/larp/seeding.py")
@@ -47,7 +47,7 @@ STAGES: dict[str, Reads] = {
     "fvd_real": _FVD_REAL,  # the real clips' features: not rerun for new samples
     "fvd": _FVD,
     "rfvd": Reads(("data", "tokenizer", "prior", "fvd"),
-                  ("src/larp/eval", "src/larp/evaluate.py", "src/larp/losses.py", *_MODELS, *_CLIPS)),
+                  ("src/larp/rfvd.py", "src/larp/fvd.py", "src/larp/eval", "src/larp/losses.py", *_MODELS, *_CLIPS)),
     # frame prediction: the same code, the frame-prediction groups
     "tokenize_fp": Reads(("data", "tokenizer", "prior", "tokenize", "generator"), _TOKENIZE),
     "train_ar_fp": Reads(("generator", "train_ar_fp", "tokenizer", "prior"), _TRAIN_AR),
@@ -57,7 +57,8 @@ STAGES: dict[str, Reads] = {
     # the run report: reconstructs a few test clips with the tokenizer, reads every result and curve
     "report": Reads(("data", "tokenizer", "prior"),
                     ("src/larp/report.py", "src/larp/run_report.py", "src/larp/html_page.py", "src/larp/visualize.py",
-                     "src/larp/evaluate.py", "src/larp/eval/metrics.py", *_MODELS, *_CLIPS)),
+                     "src/larp/rfvd.py", "src/larp/fvd.py", "src/larp/eval", "src/larp/losses.py", *_MODELS,
+                     *_CLIPS)),
     # the released checkpoints (Snakemake only): importing them; their sample/fvd/rfvd rules read as ours
     "import_released": Reads(("tokenizer", "prior", "generator"), ("src/larp/convert.py", "src/larp/models")),
 }

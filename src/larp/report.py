@@ -66,7 +66,7 @@ def _ci(result: dict, where: str) -> tuple[float | None, float | None]:
 
 def _detector(result: dict) -> str | None:
     det = result.get("detector")
-    if isinstance(det, dict):  # evaluate.py writes Detector.info(): {"detector": name, ...}
+    if isinstance(det, dict):  # fvd.py and rfvd.py write Detector.info(): {"detector": name, ...}
         return det.get("detector") or det.get("name")
     return det
 

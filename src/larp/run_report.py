@@ -128,7 +128,7 @@ def _reconstruct(frames_dir: Path, tokenizer: Path, clips: pd.DataFrame, params:
 
     from larp.data.clips import ClipDataset
     from larp.eval.metrics import psnr_per_video
-    from larp.evaluate import reconstruct
+    from larp.rfvd import reconstruct
     from larp.models.tokenizer import load_tokenizer
     from larp.visualize import to_uint8
 

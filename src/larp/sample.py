@@ -7,7 +7,7 @@ batched matmuls, which move a draw only if ``u`` falls within ~1e-7 of a CDF bou
 
 The stage (:func:`sample_shard`, :func:`sample_fp_shard`): shard k of S generates the protocol's indices
 [k n / S, (k + 1) n / S) (gFVD: conditioned on the labels of the drawn real clips; FP-FVD: on the first frames
-of each real clip), and `larp fvd` (larp.evaluate) merges the shards.
+of each real clip), and `larp fvd` (larp.fvd) merges the shards.
 
 Axis letters: b batch, n tokens, v vocabulary; video b c t h w.
 """
