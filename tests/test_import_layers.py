@@ -126,3 +126,55 @@ def test_the_checker_sees_late_and_relative_imports():
     assert layer("larp.models.generator") < layer("larp.sample")
     assert "larp.models.weights_io" in GRAPH["larp.models.tokenizer"]  # `from larp.models.weights_io import`
     assert "larp.data.tokens" in GRAPH["larp.train.generator"]
+
+
+# ---- every stage depends on the code it runs (larp.pipeline.STAGES lists it for both workflows) ----
+
+# the modules a stage's command runs (larp.stages calls into them)
+ENTRY = {
+    "download": {"embedded": ("larp.data.embedded", "larp.data.index"), "ucf101": ("larp.data.ucf101",),
+                 "k600": ("larp.data.k600",)},
+    "extract": ("larp.data.extract",),
+    "train_tokenizer": ("larp.train.tokenizer",),
+    "tokenize": ("larp.tokenize",), "tokenize_fp": ("larp.tokenize",),
+    "train_ar": ("larp.train.generator",), "train_ar_fp": ("larp.train.generator",),
+    "sample": ("larp.sample",), "sample_fp": ("larp.sample",),
+    "fvd_real": ("larp.fvd",), "fvd_real_fp": ("larp.fvd",), "fvd": ("larp.fvd",), "fvd_fp": ("larp.fvd",),
+    "rfvd": ("larp.rfvd",),
+    "report": ("larp.report", "larp.run_report"),
+    "import_released": ("larp.convert",),
+}
+# not listed as stage code: file and provenance helpers, downloads of pinned files, and the parameter code
+# (the parameters themselves are tracked per group, larp.pipeline.tracked_params)
+UNTRACKED = {"larp", "larp.files", "larp.provenance", "larp.preemption", "larp.download", "larp.weights",
+             "larp.config", "larp.pipeline"}
+
+
+def closure(modules) -> set[str]:
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += GRAPH[m]
+    return seen
+
+
+def test_every_stage_lists_the_code_it_imports():
+    from larp.pipeline import STAGES, code
+
+    assert set(ENTRY) == set(STAGES)
+    root = SRC.parent
+    missing = []
+    for stage, entry in ENTRY.items():
+        for dataset in ("embedded", "ucf101", "k600"):
+            modules = entry[dataset] if isinstance(entry, dict) else entry
+            listed = [root / c for c in code(stage, dataset)]
+            for m in sorted(closure(modules) - UNTRACKED):
+                path = MODULES[m]
+                if path.name == "__init__.py":  # a package's re-exports; its modules are checked themselves
+                    continue
+                if not any(path == p or p in path.parents for p in listed):
+                    missing.append(f"{stage} ({dataset}) runs {path.relative_to(root)}")
+    assert not missing, "\n".join(sorted(set(missing)))

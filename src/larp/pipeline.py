@@ -28,11 +28,13 @@ _CLIPS = ("src/larp/data/clips.py", "src/larp/data/frames.py")  # reading clips 
 _MODELS = ("src/larp/models",)  # the models, drawing tokens, loading their weights files
 _SAMPLE = Reads(("data", "tokenizer", "prior", "generator", "sample", "fvd"),
                 ("src/larp/sample.py", "src/larp/tokenize.py", "src/larp/eval/protocols.py", "src/larp/seeding.py",
-                 "src/larp/visualize.py", *_MODELS, *_CLIPS))
-_FVD_REAL = Reads(("data", "fvd"), ("src/larp/fvd.py", "src/larp/eval", *_CLIPS))
+                 "src/larp/visualize.py", "src/larp/data/tokens.py", *_MODELS, *_CLIPS))
+_FVD_REAL = Reads(("data", "fvd"),
+                  ("src/larp/fvd.py", "src/larp/eval", "src/larp/models/weights_io.py", *_CLIPS))
 _FVD = Reads(("data", "sample", "fvd"), _FVD_REAL.code)
 _TOKENIZE = ("src/larp/tokenize.py", "src/larp/data/tokens.py", *_MODELS, *_CLIPS)
-_TRAIN_AR = ("src/larp/models", "src/larp/train", "src/larp/data/tokens.py", "src/larp/seeding.py")
+_TRAIN_AR = ("src/larp/models", "src/larp/train", "src/larp/data/tokens.py", "src/larp/seeding.py",
+             "src/larp/visualize.py")
 
 STAGES: dict[str, Reads] = {
     "download": Reads(("{dataset}",), ("src/larp/data/{dataset}.py", "src/larp/data/index.py",
@@ -40,7 +42,7 @@ STAGES: dict[str, Reads] = {
     "extract": Reads(("data", "storage.{dataset}"), ("src/larp/data",)),
     "train_tokenizer": Reads(("data", "tokenizer", "discriminator", "prior", "loss", "train_tokenizer"),
                              ("src/larp/models", "src/larp/train", "src/larp/losses.py", "src/larp/eval/metrics.py",
-                              "src/larp/seeding.py", *_CLIPS)),
+                              "src/larp/seeding.py", "src/larp/visualize.py", *_CLIPS)),
     "tokenize": Reads(("data", "tokenizer", "prior", "tokenize"), _TOKENIZE),
     "train_ar": Reads(("generator", "train_ar", "tokenizer", "prior"), _TRAIN_AR),
     "sample": _SAMPLE,
