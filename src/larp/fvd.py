@@ -61,6 +61,10 @@ __all__ = [
     "fvd_report",
     "load_features",
     "save_features",
+    # the stages
+    "fp_fvd",
+    "fvd_real",
+    "gfvd",
 ]
 
 
@@ -69,7 +73,7 @@ def default_device() -> torch.device:
 
 
 # --------------------------------------------------------------------------------------------------
-# FVD
+# gFVD: `larp fvd-real`, `larp fvd`
 
 
 def _real_key(frames_dir: Path, refs: pd.DataFrame, detector, params: Params, resize: int | None) -> dict:
