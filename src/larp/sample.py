@@ -30,7 +30,6 @@ from larp.config import Params, frame_prediction_params
 from larp.data.clips import ClipDataset
 from larp.eval.protocols import clips_hash, fp_clips, fp_fvd_shard, gfvd_clips, shard_range
 from larp.files import atomic_path, atomic_write_json, sha256_file
-
 from larp.models.generation import (  # noqa: F401  (the token drawing, public here too)
     DECODE_MODES,
     Randomness,
