@@ -1,4 +1,4 @@
-"""`larp sample` / `larp fvd` / `larp rfvd` (larp.evaluate) end to end on a tiny synthetic pipeline.
+"""`larp sample` / `larp fvd` / `larp rfvd` (larp.sample, larp.fvd, larp.rfvd) end to end on a tiny synthetic pipeline.
 
 Once per module: synthetic frames (3 classes x (3 train + 1 test) videos, 16-20 frames, 32x32), a tiny
 tokenizer (3 steps), its tokens, and a tiny AR generator (4 steps). The FVD detector is ``i3d-random``
@@ -18,14 +18,16 @@ import pytest
 import torch
 from micro import make_frames, micro_params
 
-from larp import evaluate
+from larp import fvd as fvd_stage
 from larp.config import Params, ParamsError, apply_overrides
 from larp.data.clips import ClipDataset
 from larp.data.frames import FrameStore
 from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video
-from larp.eval.protocols import clips_hash, held_out_clips, rfvd_clips
-from larp.evaluate import fvd_real, gfvd, gfvd_clips, rfvd, sample_shard
+from larp.eval.protocols import clips_hash, gfvd_clips, held_out_clips, rfvd_clips
 from larp.files import sha256_file
+from larp.fvd import fvd_real, gfvd
+from larp.rfvd import rfvd
+from larp.sample import sample_shard
 from larp.tokenize import tokenize_dataset
 from larp.train.generator import train_generator
 from larp.train.tokenizer import load_tokenizer, train_tokenizer
@@ -134,13 +136,13 @@ def test_gfvd_result_provenance_and_real_features(setup: dict, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     params = setup["params"]
     calls: list[str] = []
-    compute = evaluate.compute_features
+    compute = fvd_stage.compute_features
 
     def counting(detector, videos, **kw):
         calls.append(detector.name)
         return compute(detector, videos, **kw)
 
-    monkeypatch.setattr(evaluate, "compute_features", counting)
+    monkeypatch.setattr(fvd_stage, "compute_features", counting)
     out = tmp_path / "results" / "fvd.json"
     r = gfvd("embedded", setup["frames"], setup["samples"], out, params, progress=False)
     assert len(calls) == 4  # the real clips once, the held-out clips (class probe) once, each of the 2 shards once
@@ -163,7 +165,7 @@ def test_gfvd_result_provenance_and_real_features(setup: dict, tmp_path: Path,
     assert r["protocol"]["num_clips"] == 3 and r["protocol"]["seed"] == params.fvd.clip_seed
     assert r["protocol_params"] == {"frames": 16, "resolution": 32, "split": 1,
                                     "clips_hash": clips_hash(refs)}
-    det = evaluate.load_detector("i3d-random")
+    det = fvd_stage.load_detector("i3d-random")
     assert r["detector"] == {"detector": "i3d-random", "detector_sha256": det.sha256,
                              "comparable_to_papers": False}
     assert r["comparable_to_papers"] is False
@@ -298,7 +300,9 @@ def test_rfvd_reports_psnr_ssim_and_no_lpips_when_off(setup: dict, tmp_path: Pat
 def test_fp_sampling_and_fp_fvd(setup: dict, tmp_path: Path) -> None:
     """FP chain at stage level: condition tokens, FP generator, sharded FP samples, FP-FVD at 64 x 64."""
     from larp.config import frame_prediction_params
-    from larp.evaluate import fp_clips, fp_fvd, sample_fp_shard
+    from larp.eval.protocols import fp_clips
+    from larp.fvd import fp_fvd
+    from larp.sample import sample_fp_shard
 
     params = setup["params"]
     fp = frame_prediction_params(params)
@@ -330,7 +334,7 @@ def test_fp_condition_tokens_are_sampled_per_sample_or_argmax(setup: dict) -> No
     from dataclasses import replace
 
     from larp.config import frame_prediction_params
-    from larp.evaluate import fp_condition_tokens
+    from larp.sample import fp_condition_tokens
     from larp.tokenize import fp_condition
 
     params = frame_prediction_params(setup["params"])

@@ -64,9 +64,9 @@ def test_public_api():
 def test_from_preset_overrides_are_strict():
     m = LARPGenerator.from_preset("tiny", seq_len=1024, token_dropout=0)  # int accepted for a float field
     assert m.cfg.seq_len == 1024 and m.abs_pe.shape == (1, 1024, 64) and m.cfg.token_dropout == 0.0
-    with pytest.raises(ValueError, match="generator.seq_length: unknown field"):
+    with pytest.raises(ValueError, match="generator.seq_length: unknown key"):
         preset_config("tiny", seq_length=10)
-    with pytest.raises(ValueError, match="generator.depth: expected int"):
+    with pytest.raises(ValueError, match="generator.depth: must be an integer"):
         preset_config("tiny", depth=2.5)
     with pytest.raises(ValueError, match="unknown name 'huge'"):
         LARPGenerator.from_preset("huge")

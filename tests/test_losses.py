@@ -169,13 +169,13 @@ def parts():
     return tok, disc, x
 
 
-def test_generator_loss_composition_and_frozen_discriminator(parts):
+def test_autoencoder_loss_composition_and_frozen_discriminator(parts):
     tok, disc, x = parts
     params, prior = replace(PAPER.loss, perceptual_weight=0.0), PAPER.prior
     loss = TokenizerLoss(params, prior)
     assert loss.lpips is None  # no perceptual term -> no weights needed
     out = tok(x, step=1, max_steps=10, generator=torch.Generator().manual_seed(0))
-    g = loss.generator_loss(x, out, disc, step=1, epoch=0)
+    g = loss.autoencoder_loss(x, out, disc, step=1, epoch=0)
     assert g.gan_active
     expected = (
         (x - out.reconstruction).abs().mean()
@@ -190,11 +190,11 @@ def test_generator_loss_composition_and_frozen_discriminator(parts):
     assert tok.final_layer.linear.weight.grad.abs().sum() > 0
 
 
-def test_generator_loss_with_perceptual_term(parts, lpips):
+def test_autoencoder_loss_with_perceptual_term(parts, lpips):
     tok, disc, x = parts
     loss = TokenizerLoss(PAPER.loss, replace(PAPER.prior, alpha=0.0), lpips=lpips)
     out = tok(x, step=0, max_steps=10)
-    g = loss.generator_loss(x, out, None, step=0, epoch=0)
+    g = loss.autoencoder_loss(x, out, None, step=0, epoch=0)
     assert g.perceptual.item() > 0 and not g.gan_active
     assert g.total.item() == pytest.approx(
         (g.l1 + g.perceptual + 0.1 * g.vq).item(), rel=1e-5
@@ -243,13 +243,13 @@ def test_gan_start_and_update_schedule():
     assert not own.gan_active(step=0, epoch=1)  # the generator's adversarial term still waits for disc_start
 
 
-def test_generator_loss_mse_term(parts):
+def test_autoencoder_loss_mse_term(parts):
     """loss.mse_weight adds the pixel MSE beside the L1 (0 in the paper preset: the official objective)."""
     tok, _, x = parts
     assert PAPER.loss.mse_weight == 0.0
     params = replace(PAPER.loss, perceptual_weight=0.0, mse_weight=2.0)
     out = tok(x, step=0, max_steps=10)
-    g = TokenizerLoss(params, replace(PAPER.prior, alpha=0.0)).generator_loss(x, out, None, step=0, epoch=0)
+    g = TokenizerLoss(params, replace(PAPER.prior, alpha=0.0)).autoencoder_loss(x, out, None, step=0, epoch=0)
     mse = (x - out.reconstruction).square().mean()
     assert g.mse.item() == pytest.approx(mse.item(), rel=1e-5)
     assert g.total.item() == pytest.approx((g.l1 + 2.0 * mse + 0.1 * g.vq).item(), rel=1e-5)

@@ -4,7 +4,7 @@ one gloo worker, meeting at a c10d rendezvous on 127.0.0.1, as srun starts them 
 The runs switch the randomness off (dropout, SVQ sampling at a near-zero temperature, scheduled sampling, label
 noise) because every rank draws from its own stream (seed + rank): with it, two ranks and one process make
 different draws and only the averaged gradients could be compared. Data order and augmentation do not depend
-on the world size (larp.train.sampler), so the two-node run equals the single-process one up to float sums.
+on the world size (larp.train.data_order), so the two-node run equals the single-process one up to float sums.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ import pytest
 import torch
 from micro import make_frames, micro_params
 
-from larp.evaluate import gfvd, rfvd, sample_shard
+from larp.fvd import gfvd
+from larp.rfvd import rfvd
+from larp.sample import sample_shard
 from larp.report import main_report
 from larp.run_report import RunReportError, param_diff, reference_points, run_report
 from larp.tokenize import tokenize_dataset
@@ -79,7 +81,7 @@ def project(run: Path, tmp_path: Path, results: dict[str, dict] | None = None, c
 
 
 def result(metric: str, value: float, **extra) -> dict:
-    """A result file shaped like evaluate.py's (value, ci95, set sizes, detector info, provenance)."""
+    """A result file shaped like larp.fvd's (value, ci95, set sizes, detector info, provenance)."""
     params = json.loads(json.dumps(__import__("dataclasses").asdict(tiny())))
     return {"metric": metric, "dataset": DS, "value": value, "ci95": [value * 0.9, value * 1.2],
             "n_generated": 6, "n_real": 6, "detector": {"detector": "i3d-random", "detector_sha256": "d" * 64,

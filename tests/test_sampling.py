@@ -166,7 +166,7 @@ def test_bad_inputs_are_rejected():
         generate(m, torch.tensor([9]), generator=torch.Generator())
     with pytest.raises(ValueError, match="one generator per row"):
         generate(m, torch.tensor([1, 2]), generator=sample_generators(0, [0]))
-    with pytest.raises(ValueError, match="decoded video"):
+    with pytest.raises(ValueError, match=r"video: expected float \(b, 3, t, h, w\)"):
         sample_videos(m, lambda ids: torch.zeros(len(ids), 3, 16), [(0, 0)], cfg_scale=1.0, seed=0,
                       batch_size=1, device="cpu", progress=False)
 

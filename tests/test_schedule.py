@@ -16,7 +16,7 @@ from larp.config import frame_prediction_params, preset
 from larp.data.index import COLUMNS, write_index
 from larp.tokenize import TokenDataset, shard_path
 from larp.train.generator import OneClipPerVideo
-from larp.train.sampler import SeededItems, item_seed, micro_batches, seeded_globals
+from larp.train.data_order import SeededItems, item_seed, micro_batches, seeded_globals
 from larp.train.schedule import lr_multiplier, resolve_schedule
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"

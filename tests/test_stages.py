@@ -75,3 +75,18 @@ def test_a_missing_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("larp train-tokenizer: ") and "Traceback" not in err
     assert "no frames of 'k600'" in err and "larp extract --dataset k600" in err
+
+
+def test_the_cli_is_a_table_over_the_stage_entry_points():
+    import argparse
+    import inspect
+
+    from larp.cli import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) - set(COMMANDS) == {"params", "detectors", "report"}  # the rest: no stage
+    for command, (function, names) in COMMANDS.items():
+        signature = inspect.signature(getattr(stages, function))
+        assert set(signature.parameters) - {"params"} == set(names), command  # every argument, by its name
+        dests = {a.dest for a in sub.choices[command]._actions}
+        assert set(names) <= dests, command

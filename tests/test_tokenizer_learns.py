@@ -41,7 +41,7 @@ def test_tiny_tokenizer_overfits_trivial_clips_with_the_mse_pixel_loss():
     loss = TokenizerLoss(replace(TINY.loss, l1_weight=0.0, mse_weight=1.0, gan_weight=0.0), prior)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.9))
     for step in range(300):
-        g = loss.generator_loss(x, model(x, step=step, max_steps=300), None, step=step, epoch=0)
+        g = loss.autoencoder_loss(x, model(x, step=step, max_steps=300), None, step=step, epoch=0)
         opt.zero_grad()
         g.total.backward()
         opt.step()

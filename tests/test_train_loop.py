@@ -38,7 +38,7 @@ from larp.train.checkpoint import (
     load_checkpoint_file,
     load_latest_checkpoint,
 )
-from larp.train.sampler import ResumableBatches
+from larp.train.data_order import ResumableBatches
 
 TESTS = Path(__file__).parent
 

@@ -83,7 +83,7 @@ def test_tiny_tokenizer_overfits_a_fixed_batch(frames_dir: Path) -> None:
     task.model.train()
     psnrs, l1s = [], []
     for step in range(STEPS):
-        out = task.generator_loss((video, torch.zeros(2)), ctx_for(task, step))
+        out = task.autoencoder_loss((video, torch.zeros(2)), ctx_for(task, step))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -194,7 +194,7 @@ def test_disabled_prior_is_not_built_nor_optimized() -> None:
     # no prior compute either: the step's metrics carry no prior accuracy
     video = torch.rand(2, 3, 16, 32, 32, generator=torch.Generator().manual_seed(0))
     task.model.train()
-    out = task.generator_loss((video, torch.zeros(2)), ctx_for(task, 0))
+    out = task.autoencoder_loss((video, torch.zeros(2)), ctx_for(task, 0))
     assert "prior_top1" not in out.metrics and float(out.metrics["prior"]) == 0.0
 
 

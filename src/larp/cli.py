@@ -221,7 +221,7 @@ def _main(argv: list[str]) -> int:
     try:
         for weights in (getattr(args, "tokenizer", None), getattr(args, "ar", None)):
             if weights is not None:  # a bad weights file fails now, not after the data is loaded
-                from larp.train.checkpoint import check_weights_file
+                from larp.models.weights_io import check_weights_file
 
                 check_weights_file(weights)
         return _run(args, pf, dataset, params)
@@ -237,43 +237,40 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     its arguments.
     """
     from larp.convert import ConversionError
-    from larp.train.checkpoint import CheckpointError
+    from larp.models.weights_io import CheckpointError
 
     return ParamsError, FileNotFoundError, CheckpointError, ConversionError, LaunchError
 
 
-def _run(args: argparse.Namespace, pf, dataset: str | None, params) -> int:
-    """Dispatch one subcommand to its stage function."""
-    from larp import stages
+# command -> (its entry point in larp.stages, the parsed arguments it takes, by name); each also gets the
+# validated ``params``. A value it returns is printed as JSON.
+COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "schedule": ("schedule", ("dataset", "stage", "videos", "raw_root")),
+    "download": ("download", ("dataset", "out")),
+    "extract": ("extract", ("dataset", "raw", "out")),
+    "train-tokenizer": ("train_tokenizer", ("dataset", "frames", "out", "metrics", "frames_root")),
+    "tokenize": ("tokenize", ("dataset", "frames", "tokenizer", "out", "fp")),
+    "train-ar": ("train_ar", ("dataset", "tokens", "tokenizer", "out", "metrics", "fp")),
+    "sample": ("sample", ("dataset", "frames", "tokenizer", "ar", "shard", "out", "fp")),
+    "fvd-real": ("fvd_real", ("dataset", "frames", "out", "fp")),
+    "fvd": ("fvd", ("dataset", "frames", "samples", "out", "fp", "real")),
+    "rfvd": ("rfvd", ("dataset", "frames", "tokenizer", "out")),
+    "import-weights": ("import_weights", ("kind", "src", "out")),
+}
 
+
+def _run(args: argparse.Namespace, pf, dataset: str | None, params) -> int:
+    """Dispatch one subcommand to its stage function (:data:`COMMANDS`)."""
     if args.command == "params":
         print(json.dumps({"dataset": dataset or pf.dataset, "preset": pf.presets[dataset or pf.dataset],
                           **dataclasses.asdict(params)}, indent=2))
-    elif args.command == "schedule":
-        print(json.dumps(stages.schedule(args.dataset, args.stage, params, args.videos, args.raw_root), indent=2))
-    elif args.command == "download":
-        stages.download(args.dataset, args.out, params)
-    elif args.command == "extract":
-        stages.extract(args.dataset, args.raw, args.out, params)
-    elif args.command == "train-tokenizer":
-        stages.train_tokenizer(args.dataset, args.frames, args.out, args.metrics, params,
-                               frames_root=args.frames_root)
-    elif args.command == "tokenize":
-        stages.tokenize(args.dataset, args.frames, args.tokenizer, args.out, params, fp=args.fp)
-    elif args.command == "train-ar":
-        stages.train_ar(args.dataset, args.tokens, args.tokenizer, args.out, args.metrics, params, fp=args.fp)
-    elif args.command == "sample":
-        stages.sample(args.dataset, args.frames, args.tokenizer, args.ar, args.shard, args.out, params, fp=args.fp)
-    elif args.command == "fvd":
-        stages.fvd(args.dataset, args.frames, args.samples, args.out, params, fp=args.fp, real=args.real)
-    elif args.command == "fvd-real":
-        stages.fvd_real(args.dataset, args.frames, args.out, params, fp=args.fp)
-    elif args.command == "rfvd":
-        stages.rfvd(args.dataset, args.frames, args.tokenizer, args.out, params)
-    elif args.command == "import-weights":
-        from larp.convert import import_weights_stage
+        return 0
+    from larp import stages
 
-        import_weights_stage(args.kind, args.src, args.out, params)
+    function, names = COMMANDS[args.command]
+    result = getattr(stages, function)(**{n: getattr(args, n) for n in names}, params=params)
+    if result is not None:
+        print(json.dumps(result, indent=2))
     return 0
 
 

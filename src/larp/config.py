@@ -701,6 +701,18 @@ def apply_overrides(params: Params, overrides: dict[str, Any]) -> Params:
     return out
 
 
+def preset_section(section: str, names: dict[str, str], name: str, **overrides: Any) -> Any:
+    """One model's config group (``section``: tokenizer, discriminator, generator) of the preset that the
+    model preset ``name`` stands for (``names``: model preset -> preset), with field overrides checked as
+    params.yaml overrides are (unknown keys and wrong types raise ParamsError, a ValueError), validated."""
+    if name not in names:
+        raise ValueError(f"{section} preset: unknown name {name!r}; choose one of {sorted(names)}")
+    base = getattr(preset(names[name]), section)
+    cfg = _build(type(base), overrides, section, base)
+    cfg.validate()
+    return cfg
+
+
 # --------------------------------------------------------------------------------------------------
 # params.yaml
 

@@ -14,7 +14,7 @@ it is *checked*, never assumed:
 * the result is loaded strictly into our model (on the meta device: keys and shapes, no memory).
 
 Output: one safetensors file in the pipeline's format (keys ``<module>.<key>``, module ``tokenizer`` or
-``generator``; :func:`larp.train.checkpoint.load_weights`) plus a JSON sidecar ``<out>.json`` with the source,
+``generator``; :func:`larp.models.weights_io.load_weights`) plus a JSON sidecar ``<out>.json`` with the source,
 its sha256 and the verification notes. Only tensors are ever read: safetensors, or ``torch.load`` with
 ``weights_only=True`` (a pickle holding code is refused).
 """
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from larp.config import Params, TokenizerConfig
 from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.models.layers import sincos_1d, sincos_3d
-from larp.train.checkpoint import CheckpointError, UnsafeCheckpointError, load_state_dict_file
+from larp.models.weights_io import CheckpointError, UnsafeCheckpointError, load_state_dict_file
 
 # kind -> (hub repo, module name in our weights file). ar-fp: the Kinetics-600 frame-prediction generator
 # (no class table; an 8193-row token table whose last row is SEP; 1025 condition positions, 2048 in all)

@@ -10,8 +10,6 @@ Videos are float (b, c, t, h, w) in [0, 1]. LPIPS runs per frame on the b*t imag
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,6 +19,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from larp.config import LossParams, PriorParams
+from larp.models.layers import frozen
 from larp.models.tokenizer import TokenizerOutput
 from larp.weights import WeightFile, ensure_weights
 
@@ -167,23 +166,13 @@ class LeCam(nn.Module):
         return reg
 
 
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Temporarily set requires_grad False on ``module``'s parameters (gradients still flow through it)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(f)
-
-
 # --------------------------------------------------------------------------------------------------
 # composition
 
 
-class GeneratorLoss(NamedTuple):
+class AutoencoderLoss(NamedTuple):
+    """The autoencoder phase's objective (the GAN's G step; the AR model is the other "generator")."""
+
     total: Tensor  # the scalar to back-propagate
     l1: Tensor
     mse: Tensor
@@ -192,6 +181,9 @@ class GeneratorLoss(NamedTuple):
     vq: Tensor  # commit_w * commit + codebook_w * codebook (unweighted by vq_weight)
     prior: Tensor  # unweighted prior CE (0 when there is no prior)
     gan_active: bool
+
+
+GeneratorLoss = AutoencoderLoss  # the old name
 
 
 class DiscriminatorLoss(NamedTuple):
@@ -240,9 +232,9 @@ class TokenizerLoss(nn.Module):
         start = p.disc_self_start if p.disc_self_start >= 0 else p.disc_start
         return self._clock(step, epoch) >= start and step % p.d_update_every == 0
 
-    def generator_loss(
+    def autoencoder_loss(
         self, video: Tensor, out: TokenizerOutput, disc: nn.Module | None, *, step: int, epoch: int
-    ) -> GeneratorLoss:
+    ) -> AutoencoderLoss:
         """``out`` is the tokenizer's TokenizerOutput. The discriminator's parameters get no gradient."""
         p = self.params
         recon = out.reconstruction
@@ -265,7 +257,9 @@ class TokenizerLoss(nn.Module):
             + p.vq_weight * vq
             + self.prior_params.alpha * prior
         )
-        return GeneratorLoss(total, l1, mse, perceptual, gan, vq, prior, active)
+        return AutoencoderLoss(total, l1, mse, perceptual, gan, vq, prior, active)
+
+    generator_loss = autoencoder_loss  # the old name
 
     def discriminator_loss(
         self,

@@ -25,16 +25,16 @@ class Reads:
 
 
 _CLIPS = ("src/larp/data/clips.py", "src/larp/data/frames.py")  # reading clips from frame shards
-_LOAD_MODELS = ("src/larp/models", "src/larp/train/checkpoint.py", "src/larp/train/tokenizer.py",
-                "src/larp/train/generator.py")  # the models and loading their weights
+_MODELS = ("src/larp/models",)  # the models, drawing tokens, loading their weights files
 _SAMPLE = Reads(("data", "tokenizer", "generator", "sample", "fvd"),
-                ("src/larp/sample.py", "src/larp/evaluate.py", "src/larp/tokenize.py", "src/larp/eval/protocols.py",
-                 *_LOAD_MODELS, *_CLIPS))
-_FVD_REAL = Reads(("data", "fvd"), ("src/larp/eval", "src/larp/evaluate.py", *_CLIPS))
+                ("src/larp/sample.py", "src/larp/tokenize.py", "src/larp/eval/protocols.py", "src/larp/seeding.py",
+                 "src/larp/visualize.py", "src/larp/data/tokens.py", *_MODELS, *_CLIPS))
+_FVD_REAL = Reads(("data", "fvd"),
+                  ("src/larp/fvd.py", "src/larp/eval", "src/larp/models/weights_io.py", *_CLIPS))
 _FVD = Reads(("data", "sample", "fvd"), _FVD_REAL.code)
-_TOKENIZE = ("src/larp/tokenize.py", "src/larp/models", "src/larp/train/checkpoint.py", "src/larp/train/tokenizer.py",
-             *_CLIPS)
-_TRAIN_AR = ("src/larp/models", "src/larp/train", "src/larp/sample.py", "src/larp/tokenize.py")
+_TOKENIZE = ("src/larp/tokenize.py", "src/larp/data/tokens.py", *_MODELS, *_CLIPS)
+_TRAIN_AR = ("src/larp/models", "src/larp/train", "src/larp/data/tokens.py", "src/larp/seeding.py",
+             "src/larp/visualize.py")
 
 STAGES: dict[str, Reads] = {
     "download": Reads(("{dataset}",), ("src/larp/data/{dataset}.py", "src/larp/data/index.py",
@@ -43,14 +43,15 @@ STAGES: dict[str, Reads] = {
     # the prior group (the tokenizer's training-time AR prior) is read by training alone: every later stage
     # loads the tokenizer without it; importing the released tokenizer maps the prior's weights too
     "train_tokenizer": Reads(("data", "tokenizer", "discriminator", "prior", "loss", "train_tokenizer"),
-                             ("src/larp/models", "src/larp/train", "src/larp/losses.py", *_CLIPS)),
+                             ("src/larp/models", "src/larp/train", "src/larp/losses.py", "src/larp/eval/metrics.py",
+                              "src/larp/seeding.py", "src/larp/visualize.py", *_CLIPS)),
     "tokenize": Reads(("data", "tokenizer", "tokenize"), _TOKENIZE),
     "train_ar": Reads(("generator", "train_ar", "tokenizer"), _TRAIN_AR),
     "sample": _SAMPLE,
     "fvd_real": _FVD_REAL,  # the real clips' features: not rerun for new samples
     "fvd": _FVD,
     "rfvd": Reads(("data", "tokenizer", "fvd"),
-                  ("src/larp/eval", "src/larp/evaluate.py", "src/larp/losses.py", *_LOAD_MODELS, *_CLIPS)),
+                  ("src/larp/rfvd.py", "src/larp/fvd.py", "src/larp/eval", "src/larp/losses.py", *_MODELS, *_CLIPS)),
     # frame prediction: the same code, the frame-prediction groups
     "tokenize_fp": Reads(("data", "tokenizer", "tokenize", "generator"), _TOKENIZE),
     "train_ar_fp": Reads(("generator", "train_ar_fp", "tokenizer"), _TRAIN_AR),
@@ -60,7 +61,8 @@ STAGES: dict[str, Reads] = {
     # the run report: reconstructs a few test clips with the tokenizer, reads every result and curve
     "report": Reads(("data", "tokenizer"),
                     ("src/larp/report.py", "src/larp/run_report.py", "src/larp/html_page.py", "src/larp/visualize.py",
-                     "src/larp/evaluate.py", *_LOAD_MODELS, *_CLIPS)),
+                     "src/larp/rfvd.py", "src/larp/fvd.py", "src/larp/eval", "src/larp/losses.py", *_MODELS,
+                     *_CLIPS)),
     # the released checkpoints (Snakemake only): importing them; their sample/fvd/rfvd rules read as ours
     "import_released": Reads(("tokenizer", "prior", "generator"), ("src/larp/convert.py", "src/larp/models")),
 }

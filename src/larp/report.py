@@ -66,7 +66,7 @@ def _ci(result: dict, where: str) -> tuple[float | None, float | None]:
 
 def _detector(result: dict) -> str | None:
     det = result.get("detector")
-    if isinstance(det, dict):  # evaluate.py writes Detector.info(): {"detector": name, ...}
+    if isinstance(det, dict):  # fvd.py and rfvd.py write Detector.info(): {"detector": name, ...}
         return det.get("detector") or det.get("name")
     return det
 
@@ -463,7 +463,7 @@ def main_report(argv: list[str] | None = None) -> int:
 def _main_run(args: argparse.Namespace) -> int:
     """``larp report run ...``: 2 on invalid parameters or a missing/unreadable input."""
     from larp.run_report import RunReportError, run_report
-    from larp.train.checkpoint import CheckpointError
+    from larp.models.weights_io import CheckpointError
 
     try:
         pf = read_params_file(args.params)

@@ -128,8 +128,8 @@ def _reconstruct(frames_dir: Path, tokenizer: Path, clips: pd.DataFrame, params:
 
     from larp.data.clips import ClipDataset
     from larp.eval.metrics import psnr_per_video
-    from larp.evaluate import reconstruct
-    from larp.train.tokenizer import load_tokenizer
+    from larp.rfvd import reconstruct
+    from larp.models.tokenizer import load_tokenizer
     from larp.visualize import to_uint8
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,19 +1,13 @@
-"""Sampling from the AR generator: guidance, token choice, KV-cache and reference loops, sharded videos.
+"""`larp sample`: videos from the AR generator, sharded; sample i is the same whatever shard or batch draws it.
 
-Token choice (docs/model.md#sampling): logits -> classifier-free guidance ``uncond + s * (cond - uncond)``
-(every step, the first one included; the batch is doubled with the null class) -> / temperature ->
-optional top-k, then top-p filtering -> softmax (float32) -> one draw.
+Sharded sampling seeds sample i's generator from (seed, i) (:func:`larp.seeding.sample_generators`): the
+video for index i is the same whatever the shard size or the batch size (up to last-bit differences of
+batched matmuls, which move a draw only if ``u`` falls within ~1e-7 of a CDF boundary). Drawing the tokens
+(guidance, token choice, the KV-cache loop) is :mod:`larp.models.generation`, re-exported here.
 
-The draw is an inverse-CDF lookup of a uniform number that each row brings with it: row r at step t uses
-``u[r, t]``. The uniforms of a sample are drawn once, up front, from that sample's own generator, so which
-token a row gets depends on its own logits and its own stream only, never on the batch it shares or the
-order of rows. Sharded sampling seeds sample i's generator from (seed, i): the video for index i is the
-same whatever the shard size or the batch size (up to last-bit differences of batched matmuls, which move a
-draw only if ``u`` falls within ~1e-7 of a CDF boundary).
-
-Frame prediction (``generator.frame_prediction``, docs/model.md#frame-prediction): the condition of a row is
-the tokens of its condition clip (b, seq_len) instead of a class id; the cache is prefilled with those + SEP
-(seq_len + 1 positions) and seq_len tokens are generated. There is no null condition, so guidance is refused.
+The stage (:func:`sample_shard`, :func:`sample_fp_shard`): shard k of S generates the protocol's indices
+[k n / S, (k + 1) n / S) (gFVD: conditioned on the labels of the drawn real clips; FP-FVD: on the first frames
+of each real clip), and `larp fvd` (larp.fvd) merges the shards.
 
 Axis letters: b batch, n tokens, v vocabulary; video b c t h w.
 """
@@ -21,258 +15,44 @@ Axis letters: b batch, n tokens, v vocabulary; video b c t h w.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
+import time
+from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence, Union
 
 import numpy as np
+import pandas as pd
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 from tqdm import tqdm
 
-from larp.models.generator import LARPGenerator
-
-# one generator for the whole batch, or one per row (per-sample streams)
-Randomness = Union[torch.Generator, Sequence[torch.Generator]]
+from larp.config import Params, frame_prediction_params
+from larp.data.clips import ClipDataset
+from larp.eval.protocols import clips_hash, fp_clips, fp_fvd_shard, gfvd_clips, shard_range
+from larp.files import atomic_path, atomic_write_json, sha256_file
+from larp.models.generation import (  # noqa: F401  (the token drawing, public here too)
+    DECODE_MODES,
+    Randomness,
+    cfg_mix,
+    choose_tokens,
+    compiled_decode_step,
+    draw_uniforms,
+    generate,
+    generate_reference,
+    inverse_cdf,
+    sequence_nll,
+    top_k_filter,
+    top_p_filter,
+)
+from larp.models.generator import LARPGenerator, load_generator
+from larp.models.tokenizer import load_tokenizer
+from larp.provenance import provenance
+from larp.seeding import sample_generators, sample_seed  # noqa: F401  (public here too)
+from larp.tokenize import fp_condition
+from larp.visualize import grid_png, to_uint8, write_mp4
 
 # SampleParams.dtype -> the autocast dtype of sampling (fp32: no autocast)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-# --------------------------------------------------------------------------------------------------
-# token choice
-
-
-def cfg_mix(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
-    """Classifier-free guidance: uncond + scale * (cond - uncond); scale 1 gives ``cond``."""
-    return uncond + scale * (cond - uncond)
-
-
-def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Keep the k largest logits of each row (ties with the k-th are kept), -inf elsewhere. (b, v)."""
-    if k < 1:
-        raise ValueError(f"top_k: must be >= 1 or None, got {k}")
-    k = min(k, logits.shape[-1])
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches ``p``. (b, v)."""
-    if not 0 < p <= 1:
-        raise ValueError(f"top_p: must be in (0, 1] or None, got {p}")
-    if p >= 1:
-        return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = sorted_logits.softmax(-1)
-    mass_before = probs.cumsum(-1) - probs  # probability of the strictly more likely tokens
-    drop_sorted = mass_before >= p  # the most likely token always stays (mass_before = 0)
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
-    """Token r gets index i with cdf[i-1] <= u_r < cdf[i]: (b, v) probabilities, (b,) uniforms -> (b,) ids.
-
-    The CDF is accumulated in float64 and u is scaled by its total, so zero-probability tokens (filtered
-    out) are never chosen and rounding cannot push u past the end.
-    """
-    cdf = probs.cumsum(-1, dtype=torch.float64)
-    u = u.to(device=cdf.device, dtype=torch.float64).reshape(*cdf.shape[:-1], 1) * cdf[..., -1:]
-    idx = torch.searchsorted(cdf, u, right=True)[..., 0]
-    return idx.clamp_(max=probs.shape[-1] - 1)
-
-
-def choose_tokens(logits: Tensor, u: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> Tensor:
-    """Guided logits (b, v) and uniforms (b,) in [0, 1) -> token ids (b,) (int64)."""
-    if temperature <= 0:
-        raise ValueError(f"temperature: must be > 0, got {temperature}")
-    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    return inverse_cdf(logits.softmax(-1), u)
-
-
-def sample_seed(seed: int, index: int, stream: str = "") -> int:
-    """63-bit seed of sample ``index`` in the run seeded ``seed``; hashed, so nearby seeds are unrelated.
-    ``stream`` names another random stream of the same sample (e.g. its frame-prediction condition)."""
-    key = f"larp-sample:{seed}:{index}" if not stream else f"larp-sample:{stream}:{seed}:{index}"
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def sample_generators(seed: int, indices: Sequence[int], stream: str = "",
-                      device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One generator per sample index (on ``device``), seeded by :func:`sample_seed`."""
-    return [torch.Generator(device).manual_seed(sample_seed(seed, int(i), stream)) for i in indices]
-
-
-def draw_uniforms(generator: Randomness, batch: int, n: int, device: torch.device) -> Tensor:
-    """(batch, n) float64 uniforms in [0, 1): row r from ``generator[r]``, or all rows from one generator."""
-    if isinstance(generator, torch.Generator):
-        u = torch.rand(batch, n, generator=generator, dtype=torch.float64, device=generator.device)
-    else:
-        if len(generator) != batch:
-            raise ValueError(f"generator: expected one generator per row ({batch}), got {len(generator)}")
-        u = torch.stack([torch.rand(n, generator=g, dtype=torch.float64, device=g.device) for g in generator])
-    return u.to(device)
-
-
-# --------------------------------------------------------------------------------------------------
-# generation loops
-
-
-def _check_sampling_args(model: LARPGenerator, condition: Tensor, cfg_scale: float) -> None:
-    if model.cfg.frame_prediction:
-        if cfg_scale != 1.0:
-            raise ValueError(f"cfg_scale: frame prediction has no classifier-free guidance (no null condition); "
-                             f"expected 1.0, got {cfg_scale}")
-        n, v = model.cfg.seq_len, model.cfg.vocab_size
-        if condition.ndim != 2 or condition.shape[0] == 0 or condition.shape[1] != n:
-            raise ValueError(f"cond_tokens: expected a non-empty (b, {n}) tensor, got {tuple(condition.shape)}")
-        if int(condition.min()) < 0 or int(condition.max()) >= v:
-            raise ValueError(f"cond_tokens: ids must be in [0, {v}), got range "
-                             f"[{int(condition.min())}, {int(condition.max())}]")
-        return
-    class_ids = condition
-    if class_ids.ndim != 1 or class_ids.numel() == 0:
-        raise ValueError(f"class_ids: expected a non-empty 1-D tensor, got shape {tuple(class_ids.shape)}")
-    lo, hi = int(class_ids.min()), int(class_ids.max())
-    if lo < 0 or hi > model.null_class:
-        raise ValueError(f"class_ids: must be in [0, {model.null_class}] ({model.null_class} = null), "
-                         f"got range [{lo}, {hi}]")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale: must be >= 0, got {cfg_scale}")
-
-
-def _guided(model: LARPGenerator, condition: Tensor, cfg_scale: float) -> tuple[bool, Tensor]:
-    """Whether guidance runs, and the conditions to feed: as given, or (2b,) = [cond; null] under guidance."""
-    # at s = 1 the mix is exactly the conditional logits: skip the second half. (The official sampler guides
-    # only when s > 1, silently ignoring 0 <= s < 1; the protocols use s = 1.25 and 1.0, where both agree.)
-    guided = cfg_scale != 1.0 and not model.cfg.frame_prediction  # (FP with s != 1 is refused earlier)
-    if not guided:
-        return False, condition
-    return True, torch.cat([condition, torch.full_like(condition, model.null_class)])
-
-
-def _mix(logits: Tensor, guided: bool, cfg_scale: float) -> Tensor:
-    if not guided:
-        return logits
-    cond, uncond = logits.chunk(2, dim=0)
-    return cfg_mix(cond, uncond, cfg_scale)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: LARPGenerator) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-DECODE_MODES = ("eager", "static", "compiled")
-
-
-def compiled_decode_step(model: LARPGenerator) -> Callable[[Tensor, Tensor], Tensor]:
-    """``model.decode_step_static`` under ``torch.compile``, built once per model: one graph for every step
-    (``fullgraph``: a graph break is an error); on CUDA with ``mode="reduce-overhead"`` (CUDA graphs), which
-    is what a launch-bound decode loop needs."""
-    fn = model.__dict__.get("_compiled_decode_step")
-    if fn is None:
-        mode = "reduce-overhead" if model.abs_pe.is_cuda else None
-        fn = torch.compile(model.decode_step_static, mode=mode, fullgraph=True, dynamic=False)
-        model.__dict__["_compiled_decode_step"] = fn
-    return fn
-
-
-@torch.no_grad()
-def generate(model: LARPGenerator, condition: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, generator: Randomness,
-             cache_dtype: torch.dtype | None = None, decode: str = "eager") -> Tensor:
-    """Sample (b, seq_len) int64 token ids for ``condition`` with a static KV cache.
-
-    ``condition``: class ids (b,), or with frame prediction the condition tokens (b, seq_len) (cfg_scale
-    must then be 1). ``generator``: one torch.Generator for the batch, or one per row (then row r depends only on its own
-    generator). ``cache_dtype``: dtype of the KV cache (default: the model's; pass the autocast dtype when
-    running under autocast). The cache is installed for this call and removed afterwards.
-    ``decode``: "eager" (the cache read up to the current length), "static" (fixed shapes: the whole cache
-    under a mask) or "compiled" (static under ``torch.compile``; CUDA graphs on a GPU; the cache storage is
-    kept on the model for the next call). Same samples up to floating-point summation order.
-    """
-    if decode not in DECODE_MODES:
-        raise ValueError(f"decode: must be one of {DECODE_MODES}, got {decode!r}")
-    _check_sampling_args(model, condition, cfg_scale)
-    b, n = condition.shape[0], model.cfg.seq_len
-    u = draw_uniforms(generator, b, n, condition.device)
-    guided, feed = _guided(model, condition, cfg_scale)
-    out = torch.empty(b, n, dtype=torch.long, device=condition.device)
-    step = compiled_decode_step(model) if decode == "compiled" else model.decode_step_static
-    pos = torch.zeros(1, dtype=torch.long, device=condition.device)
-    with _eval_mode(model):
-        cache = model.setup_cache(feed.shape[0], dtype=cache_dtype, reuse=decode == "compiled")
-        if decode == "compiled":
-            for t in (*cache.k, *cache.v):  # fixed addresses: CUDA graphs may update them in place
-                torch._dynamo.mark_static_address(t)
-        try:
-            logits = model.prefill(feed)
-            for t in range(n):
-                tok = choose_tokens(_mix(logits, guided, cfg_scale), u[:, t], temperature=temperature,
-                                    top_k=top_k, top_p=top_p)
-                out[:, t] = tok
-                if t + 1 < n:  # z_t enters at sequence position cond_len + t
-                    x = torch.cat([tok, tok]) if guided else tok
-                    if decode == "eager":
-                        logits = model.decode_step(x, model.cond_len + t)
-                    else:
-                        pos.fill_(model.cond_len + t)
-                        logits = step(x, pos)
-                        cache.length = model.cond_len + t + 1
-        finally:
-            model.remove_cache()
-    return out
-
-
-@torch.no_grad()
-def generate_reference(model: LARPGenerator, condition: Tensor, *, cfg_scale: float = 1.0,
-                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                       generator: Randomness) -> Tensor:
-    """The same sampler without a cache: every step re-runs the whole prefix (nanoGPT style).
-
-    Quadratically slower; kept as the reference the cached path must match and as the benchmark baseline.
-    """
-    _check_sampling_args(model, condition, cfg_scale)
-    b, n = condition.shape[0], model.cfg.seq_len
-    u = draw_uniforms(generator, b, n, condition.device)
-    guided, feed = _guided(model, condition, cfg_scale)
-    out = torch.empty(b, n, dtype=torch.long, device=condition.device)
-    with _eval_mode(model):
-        for t in range(n):
-            prefix = out[:, :t]
-            logits = model(feed, torch.cat([prefix, prefix]) if guided else prefix)[:, -1]
-            out[:, t] = choose_tokens(_mix(logits, guided, cfg_scale), u[:, t], temperature=temperature,
-                                      top_k=top_k, top_p=top_p)
-    return out
-
-
-@torch.no_grad()
-def sequence_nll(model: LARPGenerator, condition: Tensor, tokens: Tensor) -> Tensor:
-    """Per-sample mean next-token cross-entropy (nats) of ``tokens`` (b, seq_len): eval mode, no guidance.
-
-    This is the official ``NLL_sampled`` (teacher-forced CE of the model on its own samples, conditioned on
-    the true label). The official report averages per-batch means, which equals the mean of these per-sample
-    values when all batches are full. (For frame prediction the official value is None; ours is the same CE
-    given the condition tokens.)
-    """
-    with _eval_mode(model):
-        logits = model(condition, tokens[:, :-1])
-    ce = F.cross_entropy(rearrange(logits, "b n v -> b v n"), tokens.long(), reduction="none")
-    return ce.float().mean(-1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,16 +175,7 @@ def sample_tokens(model: LARPGenerator, pairs: Sequence[Pair], *, cfg_scale: flo
     return SampledTokens(torch.cat([p.tokens.cpu() for p in parts]), torch.cat([p.nll.cpu() for p in parts]))
 
 
-def to_uint8_video(video: Tensor) -> Tensor:
-    """Float (b, 3, t, h, w) in [0, 1] (clamped first) -> uint8 (b, t, h, w, 3), rounded to nearest.
-
-    (The official sample.py computes FVD on the float clips and truncates only in the saved mp4s;
-    rounding keeps uint8 within half a level of the float clip.)
-    """
-    if video.ndim != 5 or video.shape[1] != 3:
-        raise ValueError(f"decoded video: expected (b, 3, t, h, w), got {tuple(video.shape)}")
-    v = (video.float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return rearrange(v, "b c t h w -> b t h w c")
+to_uint8_video = to_uint8  # the old name
 
 
 def sample_videos(generator_model: LARPGenerator, tokenizer_decode_fn: Callable[[Tensor], Tensor],
@@ -427,6 +198,107 @@ def sample_videos(generator_model: LARPGenerator, tokenizer_decode_fn: Callable[
                                     dtype=dtype, progress=progress, decode=decode):
         with torch.no_grad():
             video = tokenizer_decode_fn(s.tokens)
-        videos.append(to_uint8_video(video).cpu().numpy())
+        videos.append(to_uint8(video))
         nlls.append(s.nll.cpu().numpy().astype(np.float32))
     return SampledVideos(np.concatenate(videos), np.concatenate(nlls))
+
+
+# --------------------------------------------------------------------------------------------------
+# `larp sample`: one shard of a protocol's generated videos
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _precision(gen, tok, params: Params, device: torch.device, tokenizer_dtype: torch.dtype):
+    """(sampling dtype, decode function): ``sample.dtype`` and ``tokenizer_dtype`` on a GPU, with the weights cast
+    to them when ``sample.cast_weights`` (the official sampler), else under autocast; float32 on a CPU."""
+    on_gpu = device.type == "cuda"
+    dtype = DTYPES[params.sample.dtype] if on_gpu else torch.float32
+    decode = sampling_precision(gen, tok, dtype, tokenizer_dtype if on_gpu else torch.float32,
+                                cast_weights=params.sample.cast_weights)
+    return dtype, decode
+
+
+def _write_shard(out_dir: Path, videos: np.ndarray, table: pd.DataFrame, mp4s: int, meta: dict) -> None:
+    """A sample shard: videos.npy (uint8 n,T,H,W,3), samples.csv (``index`` first), a PNG grid and the first
+    ``mp4s`` videos as MP4 for people, and sample.json (provenance). Every file is written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "videos.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, videos)
+    with atomic_path(out_dir / "samples.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    if len(videos):
+        grid_png(videos[:8], out_dir / "grid.png")
+        for i in range(min(mp4s, len(videos))):
+            write_mp4(videos[i], out_dir / f"sample-{int(table['index'].iloc[i]):06d}.mp4")
+    atomic_write_json(out_dir / "sample.json", meta)
+
+
+def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
+                 params: Params, *, progress: bool = True) -> None:
+    """Generate shard ``shard`` of the gFVD set: videos.npy (uint8 n,T,H,W,3), samples.csv, previews."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    clips = gfvd_clips(frames_dir, params)
+    idx = shard_range(len(clips), shard, len(params.sample.shards))  # non-empty: Params.validate checks it
+    pairs = [(i, int(clips["label"].iloc[i])) for i in idx]
+    device = default_device()
+    gen = load_generator(ar_weights, params, device)
+    tok = load_tokenizer(tokenizer_weights, params, device)
+    s = params.sample
+    dtype, decode = _precision(gen, tok, params, device, torch.float16)  # the official decoder runs in fp16
+    res = sample_videos(gen, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
+                        top_p=s.top_p, seed=s.seed, batch_size=s.batch_size, device=device, dtype=dtype,
+                        progress=progress, decode=s.decode)
+    table = pd.DataFrame({"index": [i for i, _ in pairs], "label": [c for _, c in pairs], "nll": res.nll})
+    _write_shard(out_dir, res.videos, table, mp4s=2, meta=provenance(
+        {"sample": dataclasses.asdict(s)}, inputs={"tokenizer": sha256_file(tokenizer_weights),
+                                                   "ar": sha256_file(ar_weights)},
+        shard=shard, num_shards=len(s.shards), indices=[idx.start, idx.stop], num_samples=len(pairs),
+        clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))
+
+
+def fp_condition_tokens(tok, clip: torch.Tensor, index: int, params: Params) -> torch.Tensor:
+    """Condition tokens (num_tokens,) of sample ``index`` from its real clip (c, t, h, w): the first
+    ``generator.cond_frames`` frames repeated to the clip length, tokenized in fp32 as the official sampler does.
+    ``sample.fp_condition_svq`` "sampled" draws them by stochastic SVQ, as the official evaluation, from the
+    sample's own stream (the same whatever the shard); "argmax" takes the deterministic ones."""
+    sampled = params.sample.fp_condition_svq == "sampled"
+    g = sample_generators(params.sample.seed, [index], "fp-condition", clip.device)[0] if sampled else None
+    with torch.no_grad():
+        return tok.quantize(fp_condition(clip[None], params.generator.cond_frames), stochastic=sampled,
+                            generator=g).indices[0]
+
+
+def sample_fp_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, shard: int, out_dir: Path,
+                    params: Params, *, progress: bool = True) -> None:
+    """Shard ``shard`` of the FP-FVD set: each sample continues the first ``generator.cond_frames`` frames of
+    its real clip (repeated to 16 frames, tokenized by :func:`fp_condition_tokens`, + SEP); the whole clip is
+    generated (no CFG), in the precision of ``sample.cast_weights`` (the tokenizer in fp32, as official). Each shard
+    generates only its own slice (the official code gave every parallel job the total count)."""
+    t0 = time.time()
+    params = frame_prediction_params(params)
+    out_dir = Path(out_dir)
+    clips = fp_clips(frames_dir, params)
+    part = fp_fvd_shard(clips, shard, len(params.sample.shards))
+    device = default_device()
+    gen = load_generator(ar_weights, params, device)
+    tok = load_tokenizer(tokenizer_weights, params, device)
+    reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
+    pairs = [(int(r.index), fp_condition_tokens(tok, reader.read_clip(int(r.row), int(r.start)).to(device),
+                                                int(r.index), params))
+             for r in tqdm(part.itertuples(), total=len(part), desc="conditions", disable=not progress)]
+    s = params.sample
+    dtype, decode = _precision(gen, tok, params, device, torch.float32)  # official: the FP tokenizer stays fp32
+    res = sample_videos(gen, decode, pairs, cfg_scale=1.0,
+                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed,
+                        batch_size=s.batch_size, device=device, dtype=dtype, progress=progress, decode=s.decode)
+    table = pd.DataFrame({"index": part["index"], "video_id": part["video_id"], "start": part["start"],
+                          "nll": res.nll})
+    _write_shard(out_dir, res.videos, table, mp4s=1, meta=provenance(
+        {"sample": dataclasses.asdict(s), "cond_frames": params.generator.cond_frames},
+        inputs={"tokenizer": sha256_file(tokenizer_weights), "ar": sha256_file(ar_weights)},
+        shard=shard, num_shards=len(s.shards), indices=[int(part["index"].min()), int(part["index"].max()) + 1],
+        num_samples=len(part), clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))

@@ -166,14 +166,14 @@ def sample(dataset: str, frames: Path, tokenizer: Path, ar: Path, shard: int, ou
            fp: bool = False) -> None:
     """`larp sample`: one shard of the gFVD protocol's class-conditional videos (``fp``: of FP-FVD's
     frame-prediction videos)."""
-    from larp.evaluate import sample_fp_shard, sample_shard
+    from larp.sample import sample_fp_shard, sample_shard
 
     (sample_fp_shard if fp else sample_shard)(Path(frames), Path(tokenizer), Path(ar), shard, Path(out), params)
 
 
 def fvd_real(dataset: str, frames: Path, out: Path, params: Params, fp: bool = False) -> None:
     """`larp fvd-real`: detector features of the gFVD (``fp``: FP-FVD) protocol's real clips."""
-    from larp.evaluate import fvd_real as run
+    from larp.fvd import fvd_real as run
 
     run(Path(frames), Path(out), params, fp=fp)
 
@@ -182,7 +182,7 @@ def fvd(dataset: str, frames: Path, samples: Path, out: Path, params: Params, fp
         real: Path | None = None) -> None:
     """`larp fvd`: gFVD (``fp``: FP-FVD) of the merged sample shards against the protocol's real clips (their
     features from ``real``, the output of `larp fvd-real`, or computed without writing them)."""
-    from larp.evaluate import fp_fvd, gfvd
+    from larp.fvd import fp_fvd, gfvd
 
     r = (fp_fvd if fp else gfvd)(dataset, Path(frames), Path(samples), Path(out), params,
                                  real_features=Path(real) if real is not None else None)
@@ -193,7 +193,14 @@ def fvd(dataset: str, frames: Path, samples: Path, out: Path, params: Params, fp
 
 def rfvd(dataset: str, frames: Path, tokenizer: Path, out: Path, params: Params) -> None:
     """`larp rfvd`: reconstruction FVD / PSNR / SSIM / LPIPS of the tokenizer."""
-    from larp.evaluate import rfvd as run
+    from larp.rfvd import rfvd as run
 
     r = run(dataset, Path(frames), Path(tokenizer), Path(out), params)
     print(f"rFVD {dataset}: {r['value']:.2f}, PSNR {r['psnr']:.2f}, SSIM {r['ssim']:.4f}, LPIPS {r['lpips']}")
+
+
+def import_weights(kind: str, src: str, out: Path, params: Params) -> None:
+    """`larp import-weights`: a released LARP checkpoint converted into our weights file, strictly checked."""
+    from larp.convert import import_weights_stage
+
+    import_weights_stage(kind, src, Path(out), params)

@@ -26,8 +26,10 @@ import torch
 from tqdm import tqdm
 
 from larp.config import Params
-from larp.data.clips import ClipDataset
+from larp.data.clips import ClipDataset, clip_index
+from larp.data.tokens import TokenDataset, cond_shard_path, shard_path  # noqa: F401  (public here too)
 from larp.files import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from larp.models.tokenizer import load_tokenizer
 from larp.provenance import provenance
 
 
@@ -44,19 +46,17 @@ def fp_condition(video: torch.Tensor, cond_frames: int) -> torch.Tensor:
 
 
 def clip_list(frames_dir: Path, params: Params) -> pd.DataFrame:
-    """All (video, start, flip) clips of the split's training videos, in a fixed order."""
+    """All (video, start, flip) clips of the split's training videos, in a fixed order: videos in table order,
+    starts every ``tokenize.clip_stride`` frames (a video shorter than a clip: start 0), unflipped then flipped."""
     ds = ClipDataset(frames_dir, split="train", split_index=params.data.split, mode="eval",
                      frames=params.data.frames)
     table, counts = ds.store.table, ds.store.frame_counts
-    stride, frames = params.tokenize.clip_stride, params.data.frames
-    rows = []
-    for row in ds.rows:
-        last = max(int(counts[row]) - frames, 0)
-        for start in range(0, last + 1, stride):
-            for flip in ((False, True) if params.tokenize.flips else (False,)):
-                rows.append((int(row), str(table["video_id"].iloc[row]), int(table["label"].iloc[row]), start,
-                             flip))
-    df = pd.DataFrame(rows, columns=["video_row", "video_id", "label", "start", "flip"])
+    pos, start = clip_index(counts[ds.rows], params.data.frames, params.tokenize.clip_stride, keep_short=True)
+    flips = (False, True) if params.tokenize.flips else (False,)
+    rows = np.repeat(ds.rows[pos].astype(np.int64), len(flips))
+    df = pd.DataFrame({"video_row": rows, "video_id": table["video_id"].to_numpy()[rows].astype(str),
+                       "label": table["label"].to_numpy()[rows].astype(np.int64),
+                       "start": np.repeat(start, len(flips)), "flip": np.tile(flips, len(pos))})
     n = params.tokenize.shard_clips
     df["shard"], df["offset"] = np.arange(len(df)) // n, np.arange(len(df)) % n
     return df
@@ -67,14 +67,6 @@ def _rank_world() -> tuple[int, int]:
         if r in os.environ and w in os.environ:
             return int(os.environ[r]), int(os.environ[w])
     return 0, 1
-
-
-def shard_path(out_dir: Path, k: int) -> Path:
-    return out_dir / f"tokens-{k:05d}.npy"
-
-
-def cond_shard_path(out_dir: Path, k: int) -> Path:
-    return out_dir / f"cond-{k:05d}.npy"
 
 
 def _shard_paths(out_dir: Path, k: int, params: Params) -> list[Path]:
@@ -95,8 +87,6 @@ def _shard_complete(path: Path, clips: int, num_tokens: int) -> bool:
 def tokenize_dataset(frames_dir: Path, weights: Path, out_dir: Path, params: Params, *,
                      device: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Tokenize every training clip (see the module docstring); returns the clip table."""
-    from larp.train.tokenizer import load_tokenizer
-
     frames_dir, weights, out_dir = Path(frames_dir), Path(weights), Path(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, world = _rank_world()
@@ -149,43 +139,3 @@ def tokenize_dataset(frames_dir: Path, weights: Path, out_dir: Path, params: Par
             clips=len(clips), shards=len(shards), num_tokens=n_tok, deterministic_svq=True,
             frame_prediction=fp, cond_frames=cond_frames if fp else None))
     return clips
-
-
-class TokenDataset(torch.utils.data.Dataset):
-    """Items ``(condition, tokens int64 (num_tokens,))`` of a tokenize output, held in memory.
-
-    The condition is the class id (int64), or with ``frame_prediction`` the condition tokens (num_tokens,)
-    int64 of the clip (``cond-KKKKK.npy``, written by a frame-prediction tokenize run).
-    """
-
-    def __init__(self, tokens_dir: str | Path, *, frame_prediction: bool = False) -> None:
-        tokens_dir = Path(tokens_dir)
-        table = tokens_dir / "clips.csv"
-        if not table.is_file():
-            raise FileNotFoundError(f"{table} not found: run `larp tokenize` first (or let it finish)")
-        self.clips = pd.read_csv(table)
-        ks = sorted(self.clips["shard"].unique())
-        self.tokens = torch.from_numpy(np.concatenate([np.load(shard_path(tokens_dir, k)) for k in ks])
-                                       .astype(np.int64))
-        self.labels = torch.from_numpy(self.clips["label"].to_numpy(np.int64).copy())
-        if len(self.tokens) != len(self.clips):
-            raise ValueError(f"{tokens_dir}: {len(self.tokens)} token rows for {len(self.clips)} clips")
-        self.cond_tokens: torch.Tensor | None = None
-        if frame_prediction:
-            missing = [cond_shard_path(tokens_dir, k).name for k in ks if not cond_shard_path(tokens_dir, k).is_file()]
-            if missing:
-                raise FileNotFoundError(f"{tokens_dir}: no condition tokens {missing[:3]}: tokenize with "
-                                        "generator.frame_prediction = true for a frame-prediction run")
-            cond = np.concatenate([np.load(cond_shard_path(tokens_dir, k)) for k in ks]).astype(np.int64)
-            self.cond_tokens = torch.from_numpy(cond)
-            if self.cond_tokens.shape != self.tokens.shape:
-                raise ValueError(f"{tokens_dir}: condition tokens {tuple(self.cond_tokens.shape)} do not match "
-                                 f"the clip tokens {tuple(self.tokens.shape)}")
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cond = self.labels[i] if self.cond_tokens is None else self.cond_tokens[i]
-        return cond, self.tokens[i]
-

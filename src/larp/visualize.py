@@ -15,7 +15,13 @@ from larp.files import atomic_path, atomic_write_bytes
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """float (b, c, t, h, w) in [0, 1] -> uint8 (b, t, h, w, c), clamped and rounded."""
+    """float (b, 3, t, h, w) in [0, 1] -> uint8 (b, t, h, w, 3), clamped and rounded to nearest.
+
+    (The official sample.py computes FVD on the float clips and truncates only in the saved mp4s;
+    rounding keeps uint8 within half a level of the float clip.)
+    """
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"video: expected float (b, 3, t, h, w), got {tuple(video.shape)}")
     x = video.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
     return rearrange(x, "b c t h w -> b t h w c").cpu().numpy()
 

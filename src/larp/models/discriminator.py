@@ -6,13 +6,12 @@ pre-norm ViT blocks -> LayerNorm(eps 1e-6) on the CLS output -> Linear(width -> 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from larp.config import DiscriminatorConfig, preset
+from larp.config import DiscriminatorConfig, preset_section
 from larp.models.layers import PatchEmbed3D, Transformer, sincos_3d, xavier_linears_
 
 PRESETS = {"larp-l-long": "paper", "tiny": "tiny"}
@@ -36,13 +35,7 @@ class TransformerDiscriminator(nn.Module):
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TransformerDiscriminator:
         """``"larp-l-long"`` (512 wide, 8 heads, 12 layers) or ``"tiny"``; overrides replace config fields."""
-        if name not in PRESETS:
-            raise ValueError(f"Discriminator preset: unknown name {name!r}; choose one of {sorted(PRESETS)}")
-        known = {f.name for f in dataclasses.fields(DiscriminatorConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"Discriminator preset: unknown field {unknown[0]!r} (known: {sorted(known)})")
-        return cls(dataclasses.replace(preset(PRESETS[name]).discriminator, **overrides))
+        return cls(preset_section("discriminator", PRESETS, name, **overrides))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

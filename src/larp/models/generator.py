@@ -14,7 +14,7 @@ C = ``cond_len`` positions, then the tokens:
 Training feeds [condition, z_0 .. z_{N-2}] (C + N - 1 positions, the length of ``abs_pe``) and scores
 z_0 .. z_{N-1}. Generation fills a static KV cache: ``prefill`` (condition, plus optionally a token prefix)
 and then one ``decode_step`` per token. The sampling loops (CFG, temperature, top-k/top-p) live in
-:mod:`larp.sample`.
+:mod:`larp.models.generation` (``LARPGenerator.generate``; sharded sampling of videos: :mod:`larp.sample`).
 
 Parameter names follow the official checkpoint (``tok_embeddings``, ``cls_embedding.embedding_table``,
 ``abs_pe``, ``layers.{i}.attention.wqkv`` ...), so released weights load without renaming.
@@ -24,18 +24,18 @@ Axis letters: b batch, n positions, h heads, d head dim, v vocabulary.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING, Any
+import functools
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from larp.config import GeneratorConfig, preset
-
-if TYPE_CHECKING:
-    from larp.sample import Randomness
+from larp.config import GeneratorConfig, Params, preset_section
+from larp.models.generation import Randomness, generate
+from larp.models.weights_io import load_weights
 
 PRESETS = {"llama-abs-LP": "paper", "tiny": "tiny"}  # generator preset -> larp.config preset
 
@@ -405,30 +405,20 @@ class LARPGenerator(nn.Module):
     def generate(self, condition: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: Randomness) -> Tensor:
-        """Sample (b, seq_len) token ids with the KV cache; see :func:`larp.sample.generate`."""
-        from larp.sample import generate  # sampling lives in its own module; imported late to avoid a cycle
-
+        """Sample (b, seq_len) token ids with the KV cache; see :func:`larp.models.generation.generate`."""
         return generate(self, condition, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                         top_p=top_p, generator=generator)
 
 
-def preset_config(name: str, **overrides: Any) -> GeneratorConfig:
-    """GeneratorConfig of a named preset with field overrides; unknown names/wrong types raise ValueError."""
-    if name not in PRESETS:
-        raise ValueError(f"LARPGenerator preset: unknown name {name!r}; choose one of {sorted(PRESETS)}")
-    base = preset(PRESETS[name]).generator
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(GeneratorConfig)}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ValueError(f"generator.{key}: unknown field (known: {', '.join(sorted(fields))})")
-        want = type(fields[key])
-        if want is float and type(value) is int:  # ints are fine where floats are expected
-            overrides[key] = value = float(value)
-        if type(value) is not want:  # exact type: rejects True for an int field and 2.5 for an int field
-            raise ValueError(f"generator.{key}: expected {want.__name__}, got {value!r}")
-    cfg = dataclasses.replace(base, **overrides)
-    cfg.validate()
-    return cfg
+# GeneratorConfig of a generator preset name with field overrides (checked as params.yaml overrides are)
+preset_config = functools.partial(preset_section, "generator", PRESETS)
 
 
-__all__ = ["LARPGenerator", "GeneratorConfig", "KVCache", "RMSNorm", "SwiGLU", "preset_config"]
+def load_generator(weights: Path, params: Params, device: str | torch.device = "cpu") -> LARPGenerator:
+    """The trained generator of a ``train_ar`` weights file, in eval mode."""
+    model = LARPGenerator(params.generator)
+    load_weights(Path(weights), model, "generator")
+    return model.to(device).eval()
+
+
+__all__ = ["LARPGenerator", "GeneratorConfig", "KVCache", "RMSNorm", "SwiGLU", "load_generator", "preset_config"]

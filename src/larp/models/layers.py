@@ -8,6 +8,9 @@ table of the temporal index, flattened in (t, h, w) order.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -144,3 +147,17 @@ class Transformer(nn.Module):
         """
         n = queries.shape[1]
         return self(torch.cat([context, queries], dim=1))[:, -n:]
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Temporarily set requires_grad False on the modules' parameters (gradients still flow through them to
+    their inputs, as for D in the G step); the parameters that required grad do again afterwards."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)

@@ -12,6 +12,7 @@ Token order = query index.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,10 +21,11 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from larp.config import PriorParams, TokenizerConfig, preset
+from larp.config import Params, PriorParams, TokenizerConfig, preset, preset_section
 from larp.models.layers import PatchEmbed3D, Transformer, sincos_1d, sincos_3d, xavier_linears_
 from larp.models.prior import GPTCPrior, prior_loss, scheduled_sampling_ratio
 from larp.models.svq import SVQ, SVQOutput
+from larp.models.weights_io import load_weights
 
 PRESETS = {"larp-l-long": "paper", "tiny": "tiny"}
 
@@ -279,20 +281,8 @@ class LARPTokenizer(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def preset_config(name: str, **overrides: Any) -> TokenizerConfig:
-    """TokenizerConfig of a named preset with field overrides (unknown names raise ValueError)."""
-    if name not in PRESETS:
-        raise ValueError(f"LARPTokenizer preset: unknown name {name!r}; choose one of {sorted(PRESETS)}")
-    base = preset(PRESETS[name]).tokenizer
-    known = {f.name for f in dataclasses.fields(TokenizerConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(
-            f"LARPTokenizer preset: unknown tokenizer field {unknown[0]!r} (known: {sorted(known)})"
-        )
-    cfg = dataclasses.replace(base, **overrides)
-    cfg.validate()
-    return cfg
+# TokenizerConfig of a tokenizer preset name with field overrides (checked as params.yaml overrides are)
+preset_config = functools.partial(preset_section, "tokenizer", PRESETS)
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -300,6 +290,14 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    from larp.train.checkpoint import load_state_dict_file
+    from larp.models.weights_io import load_state_dict_file
 
     return load_state_dict_file(path)
+
+
+def load_tokenizer(weights: Path, params: Params, device: str | torch.device = "cpu") -> LARPTokenizer:
+    """The trained tokenizer of a ``train_tokenizer`` weights file, in eval mode (argmax SVQ), without the
+    training-time prior (its stored weights are skipped): reads ``params.tokenizer``, not ``params.prior``."""
+    model = LARPTokenizer(params.tokenizer)
+    load_weights(Path(weights), model, "tokenizer")
+    return model.to(device).eval()

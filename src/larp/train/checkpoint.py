@@ -10,14 +10,12 @@ The rename of ``step-*.pt`` is the commit point: a checkpoint file that exists h
 Loading tries ``latest`` first, then the other checkpoints newest first; a file that is truncated or does not
 match its checksum is skipped with a warning. A file that holds pickled objects other than tensors and
 primitives (code) is refused outright with :class:`UnsafeCheckpointError`: that is not corruption to route
-around but a file that must not be trusted.
+around but a file that must not be trusted. Weights files (safetensors) and safe loading are
+:mod:`larp.models.weights_io`.
 """
 
 from __future__ import annotations
 
-import json
-
-import pickle
 import random
 import re
 import warnings
@@ -26,20 +24,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from larp.files import atomic_path, atomic_write_text, sha256_file
 
+# the weights files themselves (safetensors, tensor-only loading) live with the models
+from larp.models.weights_io import (  # noqa: F401  (re-exported: larp.train.checkpoint.load_weights etc.)
+    CheckpointError,
+    UnsafeCheckpointError,
+    check_weights_file,
+    load_state_dict_file,
+    load_weights,
+    save_weights,
+    torch_load_safe,
+)
+
 KEEP_LAST = 2
 _NAME = re.compile(r"^step-(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used (corrupt, truncated, missing its checksum)."""
-
-
-class UnsafeCheckpointError(CheckpointError, ValueError):
-    """A checkpoint holds pickled objects beyond tensors and primitives; it is never loaded."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -67,43 +67,6 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
         old.unlink(missing_ok=True)
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)
     return path
-
-
-def torch_load_safe(path: Path) -> Any:
-    """``torch.load`` on the CPU with ``weights_only=True``: tensors and primitives, never pickled code.
-
-    Raises :class:`UnsafeCheckpointError` (also a ``ValueError``) when the file holds other pickled objects,
-    :class:`CheckpointError` when it cannot be read.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(
-            f"{path}: refusing to load: not a tensors-only file, it holds pickled objects other than tensors "
-            f"and primitives (weights_only=True rejected it: {str(e).splitlines()[0]})"
-        ) from e
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from e
-
-
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict of tensors from a ``.safetensors`` file or a torch file (the dict itself, or under
-    ``"model"`` / ``"state_dict"``), loaded safely; :class:`CheckpointError` for anything else."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        check_weights_file(path)
-        try:
-            return load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for a bad header
-            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
-    obj = torch_load_safe(path)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors (or one under 'model'/'state_dict')")
-    return obj
 
 
 def load_checkpoint_file(path: Path, verify: bool = True) -> dict[str, Any]:
@@ -193,79 +156,3 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((state["python_version"], tuple(state["python_state"].tolist()), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---- final weights ----
-
-
-def save_weights(
-    path: Path, modules: dict[str, torch.nn.Module], metadata: dict[str, str] | None = None
-) -> None:
-    """Write the modules' state dicts atomically as one safetensors file, keys ``<module>.<state key>``."""
-    tensors = {
-        f"{name}.{key}": value.detach().to("cpu").contiguous().clone()  # clone: untie shared storage
-        for name, module in modules.items()
-        for key, value in module.state_dict().items()
-    }
-    # one metadata entry with sorted keys: safetensors writes a metadata map in arbitrary order, which made
-    # identical runs produce different bytes (and DVC rerun everything downstream)
-    meta = {"larp": json.dumps(metadata, sort_keys=True)} if metadata else None
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """What is wrong with ``path`` as a safetensors file (read from its first bytes and header), or None."""
-    if path.is_dir():
-        return "is a directory, not a weights file"
-    if not path.exists():
-        return "weights file not found"
-    size = path.stat().st_size
-    if size == 0:
-        return "empty file (0 bytes)"
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if head.startswith(b"PK\x03\x04"):
-            return "a torch.save (zip) file, not safetensors; convert released checkpoints with `larp import-weights`"
-        if head[:1] == b"\x80":
-            return "a Python pickle, not safetensors; it is never loaded (unpickling can run code)"
-        if len(head) < 8:
-            return f"truncated: {size} bytes, shorter than the 8-byte safetensors header length"
-        n = int.from_bytes(head, "little")
-        if 8 + n > size:
-            if n <= 100_000_000:  # a plausible header length: the file was cut short
-                return f"truncated: {size} bytes, the header alone needs {8 + n}"
-            if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
-                return "a text file, not safetensors weights"
-            return "not a safetensors file (impossible header length)"
-        try:
-            header = json.loads(f.read(n))
-            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        except (ValueError, TypeError, KeyError, IndexError):
-            return "not a safetensors file (its header is not valid JSON)"
-    if size < 8 + n + end:
-        return f"truncated: {size} of {8 + n + end} bytes"
-    return None
-
-
-def check_weights_file(path: Path) -> None:
-    """Raise :class:`CheckpointError` (one line: the file and what is wrong) unless ``path`` looks like a
-    complete safetensors file. Cheap (header only): the CLI runs it before any work."""
-    path = Path(path)
-    if problem := _safetensors_problem(path):
-        raise CheckpointError(f"{path}: {problem}")
-
-
-def load_weights(path: Path, module: torch.nn.Module, name: str, strict: bool = True) -> None:
-    """Load the ``name`` module's entries of a :func:`save_weights` file into ``module``."""
-    check_weights_file(path)
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types; the header check above names most cases
-        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
-    prefix = f"{name}."
-    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    if not state:
-        names = sorted({k.split(".", 1)[0] for k in tensors})
-        raise ValueError(f"{path}: no weights for module {name!r}; the file holds {names}")
-    module.load_state_dict(state, strict=strict)

@@ -14,22 +14,19 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from larp.config import Params, ParamsError
+from larp.data.tokens import TokenDataset
 from larp.files import atomic_write_json, sha256_file
-from larp.models.generator import LARPGenerator
+from larp.models.generator import LARPGenerator, load_generator  # noqa: F401  (public here too)
+from larp.models.tokenizer import load_tokenizer
 from larp.pipeline import STAGES
-from larp.train.checkpoint import load_weights
 from larp.train.loop import Phase, StepContext, StepLoss, train
 from larp.visualize import grid_png, to_uint8
-
-if TYPE_CHECKING:
-    from larp.tokenize import TokenDataset
 
 METRICS = ("top1", "top5")
 
@@ -93,7 +90,7 @@ class GeneratorTask:
     def sample(self, step: int, directory: Path) -> None:
         """A few samples, cfg 1.0 as the official training-time samples: one per class, or (frame prediction)
         one per row of ``sample_conditions``."""
-        from larp.sample import sample_generators
+        from larp.seeding import sample_generators
 
         device = next(self.model.parameters()).device
         if self.p.generator.frame_prediction:
@@ -123,8 +120,6 @@ def run_key(params: Params, tokens_dir: Path) -> str:
 def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, tokenizer_weights: Path | None = None,
                     run_root: Path | None = None, device: str | None = None, progress: bool = True) -> Path:
     """Train the AR generator on ``tokens_dir``; resumable; returns the run directory."""
-    from larp.tokenize import TokenDataset
-
     tokens_dir, weights_out = Path(tokens_dir), Path(weights_out)
     fp = params.generator.frame_prediction
     dataset = TokenDataset(tokens_dir, frame_prediction=fp)
@@ -137,8 +132,6 @@ def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, toke
                              f"{params.generator.vocab_size}")
     decode = None
     if tokenizer_weights is not None:
-        from larp.train.tokenizer import load_tokenizer
-
         tok = load_tokenizer(tokenizer_weights, params)
 
         def decode(ids: torch.Tensor) -> torch.Tensor:
@@ -156,9 +149,3 @@ def train_generator(tokens_dir: Path, weights_out: Path, params: Params, *, toke
           device=device, progress=progress)
     atomic_write_json(run_dir / "done.json", {"weights": str(weights_out), "sha256": sha256_file(weights_out)})
     return run_dir
-
-
-def load_generator(weights: Path, params: Params, device: str | torch.device = "cpu") -> LARPGenerator:
-    model = LARPGenerator(params.generator)
-    load_weights(Path(weights), model, "generator")
-    return model.to(device).eval()

@@ -72,6 +72,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from larp.config import TrainParams
+from larp.models.layers import frozen
 from larp.preemption import PREEMPTED_EXIT_CODE, STOP_SIGNALS  # noqa: F401 (public here too)
 from larp.train.checkpoint import (
     CheckpointError,
@@ -84,7 +85,7 @@ from larp.train.checkpoint import (
 )
 from larp.train.csvlog import MetricsCSV
 from larp.train.distributed import DistEnv, all_reduce_mean, any_rank, setup_distributed, teardown_distributed
-from larp.train.sampler import micro_batches
+from larp.train.data_order import micro_batches
 from larp.train.schedule import lr_multiplier, resolve_schedule
 
 
@@ -195,18 +196,6 @@ def _stop_flag() -> Iterator[list[int]]:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-@contextmanager
-def _frozen(modules: Sequence[nn.Module]) -> Iterator[None]:
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def _owners(
@@ -343,7 +332,7 @@ class _Trainer:
                 )
             trained = [n for n, o in self.owner.items() if o == phase.optimizer]
             views = {n: self.wrapped[n] if n in trained else self.compiled[n] for n in self.modules}
-            with _frozen([m for n, m in self.modules.items() if n not in trained]):
+            with frozen(*[m for n, m in self.modules.items() if n not in trained]):
                 for i, batch in enumerate(batches):
                     for n in trained:
                         if isinstance(self.wrapped[n], DDP):  # sync gradients on the last micro-step only

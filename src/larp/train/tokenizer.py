@@ -1,12 +1,12 @@
 """`larp train-tokenizer`: the LARP tokenizer's training task for the shared loop
 (docs/training.md#tokenizer-training).
 
-One optimizer step = [discriminator phase on every ``d_update_every``-th step] + generator phase:
+One optimizer step = [discriminator phase on every ``d_update_every``-th step] + autoencoder phase (the GAN's G):
   G: L1 + LPIPS + 0.3 NS-GAN + 0.1 VQ + alpha prior, Adam(0.5, 0.9), lr 1e-4 (prior group: see prior.lr_mult)
   D: ns_smooth BCE + LeCam on (real, detached reconstruction), Adam(0.5, 0.9), lr 3e-5
 
 Deviation (documented in the README): on discriminator steps the reconstruction D sees comes from its own
-no-grad tokenizer pass (stochastic SVQ) instead of the generator step's forward, so that gradient accumulation
+no-grad tokenizer pass (stochastic SVQ) instead of the autoencoder step's forward, so that gradient accumulation
 never keeps graphs across micro-batches; it costs one extra forward every ``d_update_every`` steps.
 """
 
@@ -24,12 +24,12 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from larp.config import Params
 from larp.data.clips import ClipDataset
+from larp.eval.metrics import psnr_per_video
 from larp.files import atomic_write_json, sha256_file
 from larp.losses import LPIPS, LeCam, TokenizerLoss
 from larp.models.discriminator import TransformerDiscriminator
-from larp.models.tokenizer import LARPTokenizer
+from larp.models.tokenizer import LARPTokenizer, load_tokenizer  # noqa: F401  (public here too)
 from larp.pipeline import STAGES
-from larp.train.checkpoint import load_weights
 from larp.train.loop import Phase, StepContext, StepLoss, train
 from larp.train.schedule import resolve_schedule
 from larp.visualize import grid_png, to_uint8, write_mp4
@@ -50,9 +50,9 @@ class Critic(nn.Module):
 
 
 def psnr(video: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-    """Mean over clips of -10 log10(per-clip MSE), reconstruction clamped to [0, 1] as LARP logs it."""
-    mse = (video.float() - recon.detach().float().clamp(0, 1)).pow(2).flatten(1).mean(1)
-    return (-10 * torch.log10(mse.clamp_min(1e-10))).mean()
+    """Mean over clips of the PSNR (dB), reconstruction clamped to [0, 1] as LARP logs it; an exact clip
+    counts 100 dB (a finite log)."""
+    return psnr_per_video(recon.detach().clamp(0, 1), video).clamp(max=100).mean().float()
 
 
 class TokenizerTask:
@@ -88,18 +88,20 @@ class TokenizerTask:
 
     def phases(self, step: int, epoch: int) -> list[Phase]:
         d_step = "discriminator" in self.modules and self.loss.update_discriminator_now(step=step, epoch=epoch)
-        return [Phase("d", self.discriminator_loss)] * d_step + [Phase("g", self.generator_loss)]
+        return [Phase("d", self.discriminator_loss)] * d_step + [Phase("g", self.autoencoder_loss)]
 
-    def generator_loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepLoss:
+    def autoencoder_loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepLoss:
         video = batch[0]
         out = ctx.modules["tokenizer"](video, step=ctx.step, max_steps=self.total_steps)
-        g = self.loss.generator_loss(video, out, ctx.modules.get("discriminator"), step=ctx.step, epoch=ctx.epoch)
+        g = self.loss.autoencoder_loss(video, out, ctx.modules.get("discriminator"), step=ctx.step, epoch=ctx.epoch)
         metrics = {"l1": g.l1, "perceptual": g.perceptual, "gan": g.gan, "vq": g.vq, "prior": g.prior,
                    "psnr": psnr(video, out.reconstruction), "code_usage": out.usage,
                    "code_perplexity": out.perplexity}
         if out.prior_top1 is not None:
             metrics.update(prior_top1=out.prior_top1, prior_top5=out.prior_top5, ss_ratio=out.ss_ratio)
         return StepLoss(g.total, metrics)
+
+    generator_loss = autoencoder_loss  # the old name
 
     def discriminator_loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepLoss:
         video = batch[0]
@@ -181,11 +183,3 @@ def train_tokenizer(frames: Path | Sequence[Path], weights_out: Path, params: Pa
     train(lambda dev: TokenizerTask(params, steps, preview), dataset, t, run_dir, weights_out, device=device,
           progress=progress)
     return run_dir
-
-
-def load_tokenizer(weights: Path, params: Params, device: str | torch.device = "cpu") -> LARPTokenizer:
-    """The trained tokenizer of a ``train_tokenizer`` weights file, in eval mode (argmax SVQ), without the
-    training-time prior (its stored weights are skipped): reads ``params.tokenizer``, not ``params.prior``."""
-    model = LARPTokenizer(params.tokenizer)
-    load_weights(Path(weights), model, "tokenizer")
-    return model.to(device).eval()
