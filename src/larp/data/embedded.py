@@ -14,7 +14,10 @@ share a scene (background, colour, size) and the splits are made of whole groups
 lowest groups, splits 2 and 3 on the next blocks of groups. The same seed gives byte-identical files
 (single-threaded encoder, fixed quantiser, bit-exact muxing).
 
-Frames are rendered in float RGB (h w c) from signed distance functions with a one-pixel soft edge.
+Frames are rendered in float RGB (h w c) from signed distance functions with a one-pixel soft edge. The
+objects are large (a fifth to a half of the short side) and the backgrounds smooth (a flat colour with a gentle
+linear gradient), so that the moving objects stay several pixels wide in the 32x32 clips of the `tiny` preset
+and make up most of what a reconstruction must get right beyond the clip's mean colour.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ Renderer = Callable[[Grid, float, Scene], tuple[np.ndarray, np.ndarray]]
 
 
 def bouncing_ball(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarray]:
-    r = 0.13 * s.size
+    r = 0.2 * s.size
     x = r + (s.aspect - 2 * r) * triangle_wave(s.phase + 0.25 * abs(s.speed) * t)
     y = 1 - r - 0.6 * abs(math.sin(math.pi * (s.phase + 1.6 * abs(s.speed) * t)))
     return coverage(sd_circle(g, x, y, r), s.px), s.colour
@@ -104,33 +107,33 @@ def bouncing_ball(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarray]:
 def spinning_square(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarray]:
     cx, cy, a = s.x0 * s.aspect, s.y0, 2 * math.pi * (s.phase + 0.5 * s.speed * t)
     u, _ = rotate_uv(g, cx, cy, a)
-    half = 0.2 * s.size
+    half = 0.25 * s.size
     alpha = coverage(sd_box(g, cx, cy, half, half, a), s.px)
     colour = np.where((u > 0)[..., None], s.colour, s.colour2)  # two-tone, so the rotation is visible
     return alpha, colour
 
 
 def sliding_triangle(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarray]:
-    r = 0.2 * s.size
+    r = 0.3 * s.size
     span = s.aspect + 2 * r
     x = -r + (s.phase * span + 0.5 * s.speed * t * span) % span  # wraps around horizontally
     return coverage(sd_triangle(g, x, s.y0, r), s.px), s.colour
 
 
 def pulsing_ring(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarray]:
-    r = 0.22 * s.size * (1 + 0.45 * math.sin(2 * math.pi * (s.phase + 1.2 * abs(s.speed) * t)))
-    d = np.abs(sd_circle(g, s.x0 * s.aspect, s.y0, r)) - 0.05
+    r = 0.24 * s.size * (1 + 0.35 * math.sin(2 * math.pi * (s.phase + 1.2 * abs(s.speed) * t)))
+    d = np.abs(sd_circle(g, s.x0 * s.aspect, s.y0, r)) - 0.08
     return coverage(d, s.px), s.colour
 
 
 def orbiting_dot(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarray]:
     a = 2 * math.pi * (s.phase + 0.7 * s.speed * t)
-    x, y = s.aspect / 2 + 0.3 * math.cos(a), 0.5 + 0.3 * math.sin(a)
-    return coverage(sd_circle(g, x, y, 0.09 * s.size), s.px), s.colour
+    x, y = s.aspect / 2 + 0.25 * math.cos(a), 0.5 + 0.25 * math.sin(a)
+    return coverage(sd_circle(g, x, y, 0.15 * s.size), s.px), s.colour
 
 
 def scrolling_stripes(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarray]:
-    period = 0.25 * s.size
+    period = 0.4 * s.size
     w = (g[0] + g[1]) / math.sqrt(2) - (s.phase + 0.6 * s.speed * t) * period * 4
     d = (np.abs((w / period) % 1.0 - 0.5) - 0.25) * period  # stripes half a period wide
     return coverage(d, s.px), s.colour
@@ -138,7 +141,7 @@ def scrolling_stripes(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarr
 
 def blinking_checker(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarray]:
     cx, cy, half = s.x0 * s.aspect, s.y0, 0.3 * s.size
-    cell = half / 2
+    cell = half
     on = math.floor(s.phase * 4 + 4 * abs(s.speed) * t) % 2  # inverts 4x a second
     checker = ((np.floor((g[0] - cx) / cell) + np.floor((g[1] - cy) / cell)) % 2 == on)[..., None]
     alpha = coverage(sd_box(g, cx, cy, half, half), s.px)
@@ -146,7 +149,7 @@ def blinking_checker(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarra
 
 
 def zigzag_cross(g: Grid, t: float, s: Scene) -> tuple[np.ndarray, np.ndarray]:
-    arm, thick = 0.14 * s.size, 0.045 * s.size
+    arm, thick = 0.22 * s.size, 0.08 * s.size
     x = arm + (s.aspect - 2 * arm) * triangle_wave(s.phase + 0.3 * abs(s.speed) * t)
     y = arm + (1 - 2 * arm) * triangle_wave(0.5 * s.phase + 1.1 * abs(s.speed) * t)
     d = np.minimum(sd_box(g, x, y, arm, thick), sd_box(g, x, y, thick, arm))
@@ -221,12 +224,11 @@ def make_scene(params: EmbeddedParams, class_id: int, group: int, clip: int) -> 
     hue = class_id / len(CLASSES) + grng.uniform(-0.02, 0.02)  # colour is part of a class's look
     colour = hsv_to_rgb(hue % 1.0, grng.uniform(0.7, 1.0), grng.uniform(0.8, 1.0))
     colour2 = hsv_to_rgb((hue + 0.5) % 1.0, grng.uniform(0.3, 0.6), grng.uniform(0.5, 0.8))
-    # background: dark base colour + a few smooth random ripples (a "room" shared by the group)
+    # background: a dark base colour + a gentle linear gradient (a "room" shared by the group)
     yy, xx = np.mgrid[0:h, 0:w] / min(h, w)
     bg = np.broadcast_to(grng.uniform(0.05, 0.3, size=3), (h, w, 3)).copy()
-    for _ in range(3):
-        f, a, ph = grng.uniform(1, 4, size=2), grng.uniform(0.02, 0.06, size=3), grng.uniform(0, 2 * np.pi)
-        bg += a * np.sin(2 * np.pi * (f[0] * xx + f[1] * yy) + ph)[..., None]
+    direction = grng.uniform(0, 2 * np.pi)
+    bg += grng.uniform(-0.1, 0.1, size=3) * (np.cos(direction) * xx + np.sin(direction) * yy)[..., None]
     scene = Scene(
         aspect=w / min(h, w) if w >= h else 1.0,
         px=1.0 / min(h, w),
