@@ -129,6 +129,29 @@ def test_more_shards_than_samples_is_a_clear_error(setup: dict, tmp_path: Path) 
     assert not (tmp_path / "shard-005").exists()
 
 
+def test_each_shard_holds_the_ceiling_samples_of_the_generator_at_initialisation(setup: dict, tmp_path: Path) -> None:
+    params = setup["params"]
+    assert params.sample.ceiling  # the tiny preset measures the gFVD ceiling
+    videos, table = merged(setup["samples"])
+    ceil_dirs = sorted(setup["samples"].glob("shard-*/ceiling"))
+    assert len(ceil_dirs) == 2
+    ceil = np.concatenate([np.load(d / "videos.npy") for d in ceil_dirs])
+    ceil_table = pd.concat([pd.read_csv(d / "samples.csv") for d in ceil_dirs])
+    assert ceil.shape == videos.shape and ceil.dtype == np.uint8 and not np.array_equal(ceil, videos)
+    assert ceil_table["label"].tolist() == table["label"].tolist()  # the same conditioning labels
+    # the initial weights come from sample.seed alone: one shard of all samples gives the same videos
+    one = tiny(sample={"shards": [0]})
+    sample_shard(setup["frames"], setup["tok"], setup["ar"], 0, tmp_path / "all", one, progress=False)
+    assert np.array_equal(np.load(tmp_path / "all" / "ceiling" / "videos.npy"), ceil)
+    # a shard without its ceiling samples is refused by `larp fvd` when sample.ceiling is on
+    broken = tmp_path / "samples"
+    shutil.copytree(setup["samples"], broken)
+    shutil.rmtree(broken / "shard-001" / "ceiling")
+    with pytest.raises(ValueError, match=r"shard-001: no ceiling/videos.npy although sample.ceiling is true"):
+        gfvd("embedded", setup["frames"], broken, tmp_path / "fvd.json", params, progress=False)
+    assert not (tmp_path / "fvd.json").exists()
+
+
 # ---- gFVD ----
 
 
@@ -145,7 +168,8 @@ def test_gfvd_result_provenance_and_real_features(setup: dict, tmp_path: Path,
     monkeypatch.setattr(fvd_stage, "compute_features", counting)
     out = tmp_path / "results" / "fvd.json"
     r = gfvd("embedded", setup["frames"], setup["samples"], out, params, progress=False)
-    assert len(calls) == 4  # the real clips once, the held-out clips (class probe) once, each of the 2 shards once
+    # the real clips once, the held-out clips (class probe) once, each of the 2 shards and each shard's ceiling once
+    assert len(calls) == 6
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
     # the class probe: fitted on the real clips' features, scored on the samples and the held-out clips
     acc = r["class_accuracy"]
@@ -155,6 +179,10 @@ def test_gfvd_result_provenance_and_real_features(setup: dict, tmp_path: Path,
     assert acc["chance"] == 1 / gfvd_clips(setup["frames"], params)["label"].nunique() and "nearest class mean" in acc["classifier"]
     floor = r["reference_points"]["floor_real_train_vs_real_test"]
     assert floor["n_real_train"] == 3 and floor["n_real_test"] == len(held) and np.isfinite(floor["value"])
+    # the ceiling: the generator at initialisation sampled the same labels; its FVD and probe accuracy
+    ceiling = r["reference_points"]["ceiling_generator_at_init"]
+    assert ceiling["n_generated"] == 3 and np.isfinite(ceiling["value"]) and ceiling["value"] != r["value"]
+    assert ceiling["ci95"][0] <= ceiling["ci95"][1] and ceiling["class_accuracy"] in (0.0, 1 / 3, 2 / 3, 1.0)
 
     refs = gfvd_clips(setup["frames"], params)
     assert r["metric"] == "gFVD" and r["dataset"] == "embedded"
@@ -191,7 +219,7 @@ def test_gfvd_result_provenance_and_real_features(setup: dict, tmp_path: Path,
     assert len(calls) == 1 and [p.name for p in real.parent.iterdir()] == ["ucf.npz"]
     calls.clear()
     r2 = gfvd("embedded", setup["frames"], setup["samples"], out, params, real_features=real, progress=False)
-    assert len(calls) == 3 and r2["real_features"] == str(real)  # the 2 shards and the held-out clips
+    assert len(calls) == 5 and r2["real_features"] == str(real)  # the 2 shards, their ceilings, the held-out clips
     assert r2["class_accuracy"] == r["class_accuracy"]
     assert r2["value"] == pytest.approx(r["value"], rel=1e-9)
 

@@ -404,6 +404,10 @@ class SampleParams:
     # decode step: eager; static (fixed shapes); compiled (static under torch.compile, CUDA graphs on a GPU:
     # the same samples, tested on CPU; its GPU speed is not measured yet, so eager stays the default)
     decode: Literal["eager", "static", "compiled"]
+    # the gFVD ceiling: each shard also samples its videos from the generator at initialisation (random weights
+    # seeded by `seed`; the same labels, tokenizer and settings), and `larp fvd` reports their FVD beside the
+    # result (reference_points.ceiling_generator_at_init). It doubles the sampling time.
+    ceiling: bool
 
     def validate(self) -> None:
         _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")

@@ -47,7 +47,7 @@ from larp.eval.fvd import (
 from larp.eval.i3d import load_detector
 from larp.eval.probe import DESCRIPTION as PROBE_DESCRIPTION
 from larp.eval.probe import NearestClassMean
-from larp.eval.protocols import clips_hash, fp_clips, gfvd_clips, held_out_clips
+from larp.eval.protocols import CEILING_DIR, clips_hash, fp_clips, gfvd_clips, held_out_clips
 from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.provenance import provenance
 
@@ -161,11 +161,11 @@ def _load_shards(samples_dir: Path, refs: pd.DataFrame, params: Params) -> _Shar
 
 
 def _generated_features(detector, shards: _Shards, params: Params, progress: bool,
-                        resize: int | None = None) -> np.ndarray:
-    """Detector features of every shard's videos, in sample-index order."""
+                        resize: int | None = None, sub: str = "") -> np.ndarray:
+    """Detector features of every shard's videos (those of its sub-directory ``sub``), in sample-index order."""
     parts = []
-    for d in tqdm(shards.dirs, desc="generated features", disable=not progress):
-        videos = np.load(d / "videos.npy", mmap_mode="r")
+    for d in tqdm(shards.dirs, desc=f"generated features {sub}".strip(), disable=not progress):
+        videos = np.load(d / sub / "videos.npy", mmap_mode="r")
         clips = (rearrange(torch.from_numpy(np.array(v)), "t h w c -> c t h w") for v in videos)
         parts.append(compute_features(detector, _resized(clips, resize), batch_size=params.fvd.batch_size,
                                       progress=False))
@@ -225,6 +225,25 @@ def _held_out_checks(frames_dir: Path, refs: pd.DataFrame, real: np.ndarray, sha
     return accuracy, floor
 
 
+def _ceiling(real: np.ndarray, refs: pd.DataFrame, shards: _Shards, detector, params: Params,
+             progress: bool) -> dict | None:
+    """The gFVD ceiling (``sample.ceiling``): FVD and class accuracy of the samples of the generator at
+    initialisation, from the same labels, tokenizer, sampling settings and detector."""
+    if not params.sample.ceiling:
+        return None
+    for d in shards.dirs:
+        if not (d / CEILING_DIR / "videos.npy").is_file():
+            raise ValueError(f"{d}: no {CEILING_DIR}/videos.npy although sample.ceiling is true; re-run `larp sample`")
+    gen = _generated_features(detector, shards, params, progress, sub=CEILING_DIR)
+    r = fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
+    labels = np.concatenate([t["label"].to_numpy() for t in shards.tables])[shards.order]
+    probe = NearestClassMean.fit(real, refs["label"].to_numpy())
+    return {"value": r["fvd"], "ci95": [r["bootstrap"]["ci_low"], r["bootstrap"]["ci_high"]] if "bootstrap" in r
+            else None, "class_accuracy": probe.accuracy(gen, labels), "n_generated": r["n_gen"],
+            "what": "samples of the generator at initialisation (random weights seeded by sample.seed), the same "
+                    "labels, tokenizer and sampling settings, vs the same real clips"}
+
+
 def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: Params, *,
          real_features: Path | None = None, progress: bool = True) -> dict:
     """FVD of the merged sample shards against the protocol's real clips (their features from
@@ -235,6 +254,7 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
     shards, detector, report, real, gen = _score_shards(frames_dir, Path(samples_dir), refs, params, real_features,
                                                         progress)
     accuracy, floor = _held_out_checks(frames_dir, refs, real, shards, gen, detector, params, progress)
+    ceiling = _ceiling(real, refs, shards, detector, params, progress)
     nll = float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean())
     result = {
         **fvd_header("gFVD", dataset, report),
@@ -244,7 +264,7 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
                      "top_k": params.sample.top_k, "top_p": params.sample.top_p},
         "nll_sampled": nll,
         "class_accuracy": accuracy,
-        "reference_points": {"floor_real_train_vs_real_test": floor},
+        "reference_points": {"floor_real_train_vs_real_test": floor, "ceiling_generator_at_init": ceiling},
         "checkpoints": shards.inputs,
         "real_features": str(real_features) if real_features is not None else None,
         **result_common(detector, params, refs, t0),

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from larp.config import Params, frame_prediction_params
 from larp.data.clips import ClipDataset
-from larp.eval.protocols import clips_hash, fp_clips, fp_fvd_shard, gfvd_clips, shard_range
+from larp.eval.protocols import CEILING_DIR, clips_hash, fp_clips, fp_fvd_shard, gfvd_clips, shard_range
 from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.models.generation import (  # noqa: F401  (the token drawing, public here too)
     DECODE_MODES,
@@ -248,16 +248,31 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
     gen = load_generator(ar_weights, params, device)
     tok = load_tokenizer(tokenizer_weights, params, device)
     s = params.sample
-    dtype, decode = _precision(gen, tok, params, device, torch.float16)  # the official decoder runs in fp16
-    res = sample_videos(gen, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
-                        top_p=s.top_p, seed=s.seed, batch_size=s.batch_size, device=device, dtype=dtype,
-                        progress=progress, decode=s.decode)
-    table = pd.DataFrame({"index": [i for i, _ in pairs], "label": [c for _, c in pairs], "nll": res.nll})
-    _write_shard(out_dir, res.videos, table, mp4s=2, meta=provenance(
-        {"sample": dataclasses.asdict(s)}, inputs={"tokenizer": sha256_file(tokenizer_weights),
-                                                   "ar": sha256_file(ar_weights)},
-        shard=shard, num_shards=len(s.shards), indices=[idx.start, idx.stop], num_samples=len(pairs),
-        clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))
+
+    def draw(generator: LARPGenerator, out: Path, mp4s: int) -> None:
+        dtype, decode = _precision(generator, tok, params, device, torch.float16)  # the official decoder: fp16
+        res = sample_videos(generator, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature,
+                            top_k=s.top_k, top_p=s.top_p, seed=s.seed, batch_size=s.batch_size, device=device,
+                            dtype=dtype, progress=progress, decode=s.decode)
+        table = pd.DataFrame({"index": [i for i, _ in pairs], "label": [c for _, c in pairs], "nll": res.nll})
+        _write_shard(out, res.videos, table, mp4s=mp4s, meta=provenance(
+            {"sample": dataclasses.asdict(s)}, inputs={"tokenizer": sha256_file(tokenizer_weights),
+                                                       "ar": sha256_file(ar_weights)},
+            shard=shard, num_shards=len(s.shards), indices=[idx.start, idx.stop], num_samples=len(pairs),
+            clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))
+
+    if s.ceiling:  # first, so that the shard's own sample.json (written last) means the whole shard is there
+        draw(initial_generator(params, device), out_dir / CEILING_DIR, mp4s=0)
+    draw(gen, out_dir, mp4s=2)
+
+
+def initial_generator(params: Params, device: torch.device) -> LARPGenerator:
+    """The generator at initialisation (the gFVD ceiling's sampler): random weights from ``sample.seed``, the
+    same on every shard and machine (built on the CPU under its own seed, the global RNG left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.sample.seed)
+        model = LARPGenerator(params.generator)
+    return model.to(device).eval()
 
 
 def fp_condition_tokens(tok, clip: torch.Tensor, index: int, params: Params) -> torch.Tensor:

@@ -38,6 +38,8 @@ from larp.data.frames import FrameStore
 CLIP_COLUMNS = ["row", "video_id", "start", "label"]
 _REQUIRED = ("video_id", "label", "num_frames")
 
+CEILING_DIR = "ceiling"  # the sub-directory of a sample shard holding the gFVD ceiling's samples (sample.ceiling)
+
 
 def _train_rows(table: pd.DataFrame, split: int, which: str = "train") -> pd.DataFrame:
     """The split's training (or ``which="test"``) rows, in table order, with a ``row`` column (position in
