@@ -1,13 +1,12 @@
 """Per-item random streams: each item of a run draws from a seed of its own, never from a shared stream.
 
 What an item gets then depends on (run seed, item) only, not on the batch, shard, process or DataLoader
-worker it happens to be handled in, nor on a resume. Two consumers, two derivations (each is part of what
-the published runs produced, so neither is changed to match the other):
+worker it happens to be handled in, nor on a resume. One derivation, :func:`derive_seed` of (run seed, item
+index, stream name), serves every consumer:
 
-- training data: :func:`item_seed` of (seed, epoch, item index), under which :func:`seeded_globals` runs
-  ``__getitem__`` (random clip start, flip; larp.train.data_order);
-- sampling: :func:`sample_seed` of (seed, sample index, stream name), one ``torch.Generator`` per sample
-  (:func:`sample_generators`; larp.sample).
+- training data: the epoch's order (:func:`epoch_order_seed`) and each item's seed (:func:`item_seed`), under
+  which :func:`seeded_globals` runs ``__getitem__`` (random clip start, flip; larp.train.data_order);
+- sampling: one ``torch.Generator`` per sample (:func:`sample_generators`; larp.sample).
 """
 
 from __future__ import annotations
@@ -21,11 +20,22 @@ import numpy as np
 import torch
 
 
+def derive_seed(seed: int, index: int, stream: str = "") -> int:
+    """63-bit seed of item ``index`` of the stream ``stream`` in the run seeded ``seed``; hashed, so nearby seeds,
+    indices and streams are unrelated."""
+    key = f"larp-sample:{seed}:{index}" if not stream else f"larp-sample:{stream}:{seed}:{index}"
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one item of one epoch."""
-    return int(
-        np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1)
-    )
+    """The seed of training item ``index`` in epoch ``epoch``."""
+    return derive_seed(seed, index, f"train-epoch-{epoch}")
+
+
+def epoch_order_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s item order."""
+    return derive_seed(seed, epoch, "train-order")
 
 
 @contextmanager
@@ -43,15 +53,10 @@ def seeded_globals(seed: int) -> Iterator[None]:
         random.setstate(py_state)
 
 
-def sample_seed(seed: int, index: int, stream: str = "") -> int:
-    """63-bit seed of sample ``index`` in the run seeded ``seed``; hashed, so nearby seeds are unrelated.
-    ``stream`` names another random stream of the same sample (e.g. its frame-prediction condition)."""
-    key = f"larp-sample:{seed}:{index}" if not stream else f"larp-sample:{stream}:{seed}:{index}"
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+sample_seed = derive_seed  # sample ``index``; ``stream`` names another stream of it (e.g. its FP condition)
 
 
 def sample_generators(seed: int, indices: Sequence[int], stream: str = "",
                       device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One generator per sample index (on ``device``), seeded by :func:`sample_seed`."""
+    """One generator per sample index (on ``device``), seeded by :func:`derive_seed`."""
     return [torch.Generator(device).manual_seed(sample_seed(seed, int(i), stream)) for i in indices]

@@ -19,11 +19,10 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from larp.seeding import item_seed, seeded_globals
+from larp.seeding import epoch_order_seed, item_seed, seeded_globals
 
 
 class SeededItems(Dataset):
@@ -75,9 +74,7 @@ class ResumableBatches:
         return (self.steps_per_epoch - self.start_step) * (self.per_rank // self.micro_batch)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        g = torch.Generator().manual_seed(
-            int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
-        )
+        g = torch.Generator().manual_seed(epoch_order_seed(self.seed, self.epoch))
         order = torch.randperm(self.num_items, generator=g).tolist()
         for b in range(self.start_step, self.steps_per_epoch):
             first = b * self.global_batch + self.rank * self.per_rank
