@@ -139,6 +139,7 @@ def test_each_shard_holds_the_ceiling_samples_of_the_generator_at_initialisation
     ceil_table = pd.concat([pd.read_csv(d / "samples.csv") for d in ceil_dirs])
     assert ceil.shape == videos.shape and ceil.dtype == np.uint8 and not np.array_equal(ceil, videos)
     assert ceil_table["label"].tolist() == table["label"].tolist()  # the same conditioning labels
+    assert "at initialisation" in json.loads((ceil_dirs[0] / "sample.json").read_text())["generator"]
     # the initial weights come from sample.seed alone: one shard of all samples gives the same videos
     one = tiny(sample={"shards": [0]})
     sample_shard(setup["frames"], setup["tok"], setup["ar"], 0, tmp_path / "all", one, progress=False)

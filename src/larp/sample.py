@@ -249,9 +249,9 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
     tok = load_tokenizer(tokenizer_weights, params, device)
     s = params.sample
 
-    def draw(generator: LARPGenerator, out: Path, mp4s: int) -> None:
-        dtype, decode = _precision(generator, tok, params, device, torch.float16)  # the official decoder: fp16
-        res = sample_videos(generator, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature,
+    def draw(model: LARPGenerator, out: Path, mp4s: int, **what: str) -> None:
+        dtype, decode = _precision(model, tok, params, device, torch.float16)  # the official decoder: fp16
+        res = sample_videos(model, decode, pairs, cfg_scale=s.cfg_scale, temperature=s.temperature,
                             top_k=s.top_k, top_p=s.top_p, seed=s.seed, batch_size=s.batch_size, device=device,
                             dtype=dtype, progress=progress, decode=s.decode)
         table = pd.DataFrame({"index": [i for i, _ in pairs], "label": [c for _, c in pairs], "nll": res.nll})
@@ -259,10 +259,11 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
             {"sample": dataclasses.asdict(s)}, inputs={"tokenizer": sha256_file(tokenizer_weights),
                                                        "ar": sha256_file(ar_weights)},
             shard=shard, num_shards=len(s.shards), indices=[idx.start, idx.stop], num_samples=len(pairs),
-            clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2)))
+            clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2), **what))
 
     if s.ceiling:  # first, so that the shard's own sample.json (written last) means the whole shard is there
-        draw(initial_generator(params, device), out_dir / CEILING_DIR, mp4s=0)
+        draw(initial_generator(params, device), out_dir / CEILING_DIR, mp4s=0,
+             generator="at initialisation (random weights from sample.seed), not the `ar` weights")
     draw(gen, out_dir, mp4s=2)
 
 
