@@ -12,7 +12,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # lowest first; a module belongs to the longest prefix listed (a package name covers its submodules)
 LAYERS: list[tuple[str, ...]] = [
     # utilities: no model, no data format, no parameters
-    ("larp", "larp.files", "larp.provenance", "larp.preemption", "larp.seeding", "larp.download", "larp.weights"),
+    ("larp", "larp.files", "larp.provenance", "larp.preemption", "larp.seeding", "larp.download", "larp.weights",
+     "larp.devices"),
     # the parameters and the stage table: everything reads them, they read nothing of the package
     ("larp.config", "larp.pipeline"),
     ("larp.data",),
@@ -144,10 +145,11 @@ ENTRY = {
     "report": ("larp.report", "larp.run_report"),
     "import_released": ("larp.convert",),
 }
-# not listed as stage code: file and provenance helpers, downloads of pinned files, and the parameter code
+# not listed as stage code: file and provenance helpers, downloads of pinned files, the default device, and the
+# parameter code
 # (the parameters themselves are tracked per group, larp.pipeline.tracked_params)
 UNTRACKED = {"larp", "larp.files", "larp.provenance", "larp.preemption", "larp.download", "larp.weights",
-             "larp.config", "larp.pipeline"}
+             "larp.devices", "larp.config", "larp.pipeline"}
 
 
 def closure(modules) -> set[str]:

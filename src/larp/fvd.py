@@ -32,6 +32,7 @@ from tqdm import tqdm
 from larp.config import Params, ParamsError
 from larp.data.clips import ClipDataset
 from larp.data.frames import FrameStore
+from larp.devices import default_device
 from larp.eval.fvd import (
     FeatureStats,
     FrechetTerms,
@@ -67,10 +68,6 @@ __all__ = [
     "fvd_real",
     "gfvd",
 ]
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,13 +199,12 @@ def _score_shards(frames_dir: Path, samples_dir: Path, refs: pd.DataFrame, param
     return shards, detector, fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed), real, gen
 
 
-def _held_out_checks(frames_dir: Path, refs: pd.DataFrame, real: np.ndarray, shards: _Shards, gen: np.ndarray,
-                     detector, params: Params, progress: bool) -> tuple[dict, dict | None]:
+def _held_out_checks(frames_dir: Path, refs: pd.DataFrame, probe: NearestClassMean, shards: _Shards,
+                     real: np.ndarray, gen: np.ndarray, detector, params: Params, progress: bool) -> tuple[dict, dict | None]:
     """What the held-out (test) clips tell beside the gFVD, from the same detector's features: the class probe
     (larp.eval.probe) fitted on the real clips, applied to the samples with their conditioning labels and to
     the held-out clips (the ceiling); and the floor of the FVD, real train clips vs held-out real clips (None
     without test videos)."""
-    probe = NearestClassMean.fit(real, refs["label"].to_numpy())
     gen_labels = np.concatenate([t["label"].to_numpy() for t in shards.tables])[shards.order]
     test = held_out_clips(FrameStore(frames_dir).table, frames=params.data.frames, split=params.data.split)
     test_feats = _real_features(frames_dir, test, detector, params, None, progress) if len(test) else None
@@ -225,7 +221,7 @@ def _held_out_checks(frames_dir: Path, refs: pd.DataFrame, real: np.ndarray, sha
     return accuracy, floor
 
 
-def _ceiling(real: np.ndarray, refs: pd.DataFrame, shards: _Shards, detector, params: Params,
+def _ceiling(real: np.ndarray, probe: NearestClassMean, shards: _Shards, detector, params: Params,
              progress: bool) -> dict | None:
     """The gFVD ceiling (``sample.ceiling``): FVD and class accuracy of the samples of the generator at
     initialisation, from the same labels, tokenizer, sampling settings and detector."""
@@ -237,7 +233,6 @@ def _ceiling(real: np.ndarray, refs: pd.DataFrame, shards: _Shards, detector, pa
     gen = _generated_features(detector, shards, params, progress, sub=CEILING_DIR)
     r = fvd_report(real, gen, bootstrap=params.fvd.bootstrap, seed=params.fvd.clip_seed)
     labels = np.concatenate([t["label"].to_numpy() for t in shards.tables])[shards.order]
-    probe = NearestClassMean.fit(real, refs["label"].to_numpy())
     return {"value": r["fvd"], "ci95": [r["bootstrap"]["ci_low"], r["bootstrap"]["ci_high"]] if "bootstrap" in r
             else None, "class_accuracy": probe.accuracy(gen, labels), "n_generated": r["n_gen"],
             "what": "samples of the generator at initialisation (random weights seeded by sample.seed), the same "
@@ -253,8 +248,9 @@ def gfvd(dataset: str, frames_dir: Path, samples_dir: Path, out: Path, params: P
     refs = gfvd_clips(frames_dir, params)
     shards, detector, report, real, gen = _score_shards(frames_dir, Path(samples_dir), refs, params, real_features,
                                                         progress)
-    accuracy, floor = _held_out_checks(frames_dir, refs, real, shards, gen, detector, params, progress)
-    ceiling = _ceiling(real, refs, shards, detector, params, progress)
+    probe = NearestClassMean.fit(real, refs["label"].to_numpy())  # on the real training clips only
+    accuracy, floor = _held_out_checks(frames_dir, refs, probe, shards, real, gen, detector, params, progress)
+    ceiling = _ceiling(real, probe, shards, detector, params, progress)
     nll = float(np.concatenate([t["nll"].to_numpy() for t in shards.tables]).mean())
     result = {
         **fvd_header("gFVD", dataset, report),

@@ -25,7 +25,8 @@ from larp.eval.i3d import load_detector
 from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video, ssim_per_video
 from larp.eval.protocols import rfvd_clips
 from larp.files import atomic_write_json, sha256_file
-from larp.fvd import default_device, fvd_header, result_common
+from larp.devices import default_device
+from larp.fvd import fvd_header, result_common
 from larp.provenance import provenance
 
 

@@ -127,12 +127,13 @@ def _reconstruct(frames_dir: Path, tokenizer: Path, clips: pd.DataFrame, params:
     import torch
 
     from larp.data.clips import ClipDataset
+    from larp.devices import default_device
     from larp.eval.metrics import psnr_per_video
     from larp.rfvd import reconstruct
     from larp.models.tokenizer import load_tokenizer
     from larp.visualize import to_uint8
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     reader = ClipDataset(frames_dir, split="all", mode="eval", frames=params.data.frames)
     video = torch.stack([reader.read_clip(int(r.row), int(r.start)) for r in clips.itertuples()])
     try:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from larp.config import Params, frame_prediction_params
 from larp.data.clips import ClipDataset
+from larp.devices import default_device
 from larp.eval.protocols import CEILING_DIR, clips_hash, fp_clips, fp_fvd_shard, gfvd_clips, shard_range
 from larp.files import atomic_path, atomic_write_json, sha256_file
 from larp.models.generation import (  # noqa: F401  (the token drawing, public here too)
@@ -205,10 +206,6 @@ def sample_videos(generator_model: LARPGenerator, tokenizer_decode_fn: Callable[
 
 # --------------------------------------------------------------------------------------------------
 # `larp sample`: one shard of a protocol's generated videos
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _precision(gen, tok, params: Params, device: torch.device, tokenizer_dtype: torch.dtype):

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from larp.config import Params
 from larp.data.clips import ClipDataset, clip_index
 from larp.data.tokens import TokenDataset, cond_shard_path, shard_path  # noqa: F401  (public here too)
+from larp.devices import default_device
 from larp.files import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 from larp.models.tokenizer import load_tokenizer
 from larp.provenance import provenance
@@ -88,7 +89,7 @@ def tokenize_dataset(frames_dir: Path, weights: Path, out_dir: Path, params: Par
                      device: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Tokenize every training clip (see the module docstring); returns the clip table."""
     frames_dir, weights, out_dir = Path(frames_dir), Path(weights), Path(out_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else default_device()
     rank, world = _rank_world()
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
