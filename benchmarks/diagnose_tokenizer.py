@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/diagnose_tokenizer.py [--variants holistic patch-aligned patch-encoder holistic-encoder]
        [--steps 2000] [--eval-every 500] [--train-per-class 6] [--query-init-std 0.02] [--lr 1e-3]
-       [--constant-lr] [--threads 1] [--seed 0] [--out results.json]
+       [--constant-lr] [--qk-init-scale 1.0] [--threads 1] [--device cpu] [--seed 0] [--out results.json]
 
 The quantiser is bypassed (the decoder gets the l2-normalised continuous bottleneck, as SVQ's straight-through
 value would be without the codebook) and the loss is pixel MSE, so that only the autoencoder learns. Data: the
@@ -21,7 +21,11 @@ Variants, all built from the same ``LARPTokenizer`` modules and weights initiali
   ``tokenizer.num_tokens`` equal to the number of patches, as the preset has.
 
 Printed and written: held-out PSNR (and the PSNR of the batch just trained on) every ``--eval-every`` steps,
-beside the per-clip mean-colour baseline of the same held-out clips.
+beside the per-clip mean-colour baseline of the same held-out clips, and how close to uniform the attention is:
+the mean entropy (nats) of the attention rows of the positions each transformer keeps (the queries of a holistic
+side, every patch of an aligned one) in its first block, against log(sequence length), the uniform attention's.
+``--qk-init-scale`` multiplies the query and key weights of every block at initialisation (sharper attention
+from the start: a check, not a setting of the tokenizer).
 """
 
 from __future__ import annotations
@@ -95,16 +99,44 @@ def autoencoder(model: LARPTokenizer, variant: str):
     return lambda video: decode(F.normalize(encode(video), dim=-1))
 
 
+def attention_entropy(model: LARPTokenizer, video: torch.Tensor, variant: str) -> dict:
+    """Mean entropy of the kept rows' attention in the first block of the encoder and of the decoder."""
+    rows: dict[str, torch.Tensor] = {}
+
+    def hook(name, kept):
+        def fn(attn, inputs, _):
+            q, k, _v = rearrange(attn.qkv(inputs[0]), "b n (three h e) -> three b h n e", three=3, h=attn.heads)
+            a = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)[:, :, -kept:]
+            rows[name] = -(a * a.clamp_min(1e-12).log()).sum(-1).mean()
+            rows[name + "_uniform"] = torch.tensor(math.log(a.shape[-1]))
+        return fn
+
+    c = model.config
+    handles = [model.encoder.blocks[0].attn.register_forward_hook(hook("encoder", c.num_tokens if variant in (
+        "holistic", "holistic-encoder") else c.num_patches)),
+               model.decoder.blocks[0].attn.register_forward_hook(hook("decoder", c.num_patches))]
+    try:
+        with torch.no_grad():
+            autoencoder(model, variant)(video)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: round(v.item(), 2) for k, v in rows.items()}
+
+
 def run(variant: str, args) -> dict:
     p = preset("tiny")
     tok = dataclasses.replace(p.tokenizer, query_init_std=args.query_init_std)
     emb = dataclasses.replace(p.embedded, train_per_class=args.train_per_class)
     if variant == "holistic-encoder" and tok.num_tokens != tok.num_patches:
         raise SystemExit(f"holistic-encoder: needs tokenizer.num_tokens == patches ({tok.num_patches})")
-    train, test = clips(emb, tok.size, tok.frames)
+    train, test = (x.to(args.device) for x in clips(emb, tok.size, tok.frames))
     baseline = psnr(test.mean(dim=(2, 3, 4), keepdim=True).expand_as(test), test).mean().item()
     torch.manual_seed(args.seed)
-    model = LARPTokenizer(tok)
+    model = LARPTokenizer(tok).to(args.device)
+    with torch.no_grad():
+        for block in [*model.encoder.blocks, *model.decoder.blocks]:
+            block.attn.qkv.weight[: 2 * tok.width].mul_(args.qk_init_scale)
     ae = autoencoder(model, variant)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(p.train_tokenizer.betas))
     g = torch.Generator().manual_seed(args.seed)
@@ -115,8 +147,8 @@ def run(variant: str, args) -> dict:
         decay = 1.0 if args.constant_lr else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
             group["lr"] = args.lr * decay
-        x = train[torch.randint(len(train), (bs,), generator=g)]
-        flip = torch.rand(bs, generator=g) < 0.5
+        x = train[torch.randint(len(train), (bs,), generator=g).to(args.device)]
+        flip = (torch.rand(bs, generator=g) < 0.5).to(args.device)
         x = torch.where(flip.view(-1, 1, 1, 1, 1), x.flip(-1), x)
         rec = ae(x)
         loss = (rec - x).square().mean()
@@ -127,13 +159,16 @@ def run(variant: str, args) -> dict:
             model.eval()
             with torch.no_grad():
                 held_out = torch.cat([ae(test[i:i + 16]).clamp(0, 1) for i in range(0, len(test), 16)])
+            entropy = attention_entropy(model, test[:8], variant)
             model.train()
             row = {"step": step + 1, "seconds": round(time.time() - t0, 1),
                    "train_batch_psnr": round(psnr(rec.detach().clamp(0, 1), x).mean().item(), 2),
-                   "held_out_psnr": round(psnr(held_out, test).mean().item(), 2)}
+                   "held_out_psnr": round(psnr(held_out, test).mean().item(), 2), "attention_entropy": entropy}
             curve.append(row)
             print(f"  step {row['step']:>6}  {row['seconds']:>7.1f} s  train batch {row['train_batch_psnr']:.2f} dB"
-                  f"  held-out {row['held_out_psnr']:.2f} dB", flush=True)
+                  f"  held-out {row['held_out_psnr']:.2f} dB  attention entropy: encoder {entropy['encoder']:.2f}, "
+                  f"decoder {entropy['decoder']:.2f} (uniform {entropy['encoder_uniform']:.2f}, "
+                  f"{entropy['decoder_uniform']:.2f})", flush=True)
     return {"variant": variant, "n_train_clips": len(train), "n_held_out": len(test),
             "mean_colour_baseline_psnr": round(baseline, 2), "curve": curve}
 
@@ -147,7 +182,9 @@ def main() -> None:
     ap.add_argument("--query-init-std", type=float, default=preset("tiny").tokenizer.query_init_std)
     ap.add_argument("--lr", type=float, default=preset("tiny").train_tokenizer.lr)
     ap.add_argument("--constant-lr", action="store_true")
+    ap.add_argument("--qk-init-scale", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: the same runs, far more steps on a GPU")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

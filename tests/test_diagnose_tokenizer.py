@@ -4,9 +4,11 @@ tokenizer itself and the controls it claims, and a short run reports a held-out 
 from __future__ import annotations
 
 import argparse
+import math
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -59,9 +61,11 @@ def test_the_patch_aligned_decoder_reads_token_i_at_patch_i():
 
 def test_a_short_run_reports_a_held_out_curve_beside_the_baseline():
     args = argparse.Namespace(steps=4, eval_every=2, train_per_class=2, query_init_std=0.02, lr=1e-3,
-                              constant_lr=False, seed=0)
+                              constant_lr=False, qk_init_scale=1.0, device="cpu", seed=0)
     out = diag.run("patch-aligned", args)
     assert [r["step"] for r in out["curve"]] == [2, 4]
     assert 5 < out["mean_colour_baseline_psnr"] < 40
     assert all(0 < r["held_out_psnr"] < 60 for r in out["curve"])
+    entropy = out["curve"][-1]["attention_entropy"]  # no queries in the aligned control: every patch row
+    assert 0 < entropy["encoder"] <= entropy["encoder_uniform"] == pytest.approx(math.log(64), abs=0.01)
     assert out["n_held_out"] == 8 * preset("tiny").embedded.test_per_class
