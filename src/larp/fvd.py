@@ -200,7 +200,8 @@ def _score_shards(frames_dir: Path, samples_dir: Path, refs: pd.DataFrame, param
 
 
 def _held_out_checks(frames_dir: Path, refs: pd.DataFrame, probe: NearestClassMean, shards: _Shards,
-                     real: np.ndarray, gen: np.ndarray, detector, params: Params, progress: bool) -> tuple[dict, dict | None]:
+                     real: np.ndarray, gen: np.ndarray, detector, params: Params,
+                     progress: bool) -> tuple[dict, dict | None]:
     """What the held-out (test) clips tell beside the gFVD, from the same detector's features: the class probe
     (larp.eval.probe) fitted on the real clips, applied to the samples with their conditioning labels and to
     the held-out clips (the ceiling); and the floor of the FVD, real train clips vs held-out real clips (None
