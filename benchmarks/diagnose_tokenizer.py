@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/diagnose_tokenizer.py [--variants holistic patch-aligned patch-encoder holistic-encoder]
        [--steps 2000] [--eval-every 500] [--train-per-class 6] [--query-init-std 0.02] [--lr 1e-3]
-       [--constant-lr] [--qk-init-scale 1.0] [--threads 1] [--device cpu] [--seed 0] [--out results.json]
+       [--constant-lr] [--qk-init-scale 1.0] [--tokenizer KEY=VALUE ...] [--threads 1] [--device cpu]
+       [--seed 0] [--out results.json]
 
 The quantiser is bypassed (the decoder gets the l2-normalised continuous bottleneck, as SVQ's straight-through
 value would be without the codebook) and the loss is pixel MSE, so that only the autoencoder learns. Data: the
@@ -126,7 +127,15 @@ def attention_entropy(model: LARPTokenizer, video: torch.Tensor, variant: str) -
 
 def run(variant: str, args) -> dict:
     p = preset("tiny")
-    tok = dataclasses.replace(p.tokenizer, query_init_std=args.query_init_std)
+    fields = {f.name: f.type for f in dataclasses.fields(p.tokenizer)}
+    overrides = {}
+    for item in args.tokenizer:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"--tokenizer {item}: no tokenizer field {key!r}")
+        overrides[key] = type(getattr(p.tokenizer, key))(value)
+    tok = dataclasses.replace(p.tokenizer, query_init_std=args.query_init_std, **overrides)
+    tok.validate()
     emb = dataclasses.replace(p.embedded, train_per_class=args.train_per_class)
     if variant == "holistic-encoder" and tok.num_tokens != tok.num_patches:
         raise SystemExit(f"holistic-encoder: needs tokenizer.num_tokens == patches ({tok.num_patches})")
@@ -183,6 +192,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=preset("tiny").train_tokenizer.lr)
     ap.add_argument("--constant-lr", action="store_true")
     ap.add_argument("--qk-init-scale", type=float, default=1.0)
+    ap.add_argument("--tokenizer", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="tokenizer sizes other than the preset's, e.g. size=16 num_tokens=16")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda: the same runs, far more steps on a GPU")
     ap.add_argument("--seed", type=int, default=0)
