@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/diagnose_tokenizer.py [--variants holistic patch-aligned patch-encoder holistic-encoder]
        [--steps 2000] [--eval-every 500] [--train-per-class 6] [--query-init-std 0.02] [--lr 1e-3]
-       [--constant-lr] [--qk-init-scale 1.0] [--tokenizer KEY=VALUE ...] [--threads 1] [--device cpu]
+       [--constant-lr] [--batch 8] [--qk-init-scale 1.0] [--tokenizer KEY=VALUE ...] [--threads 1] [--device cpu]
        [--seed 0] [--out results.json]
 
 The quantiser is bypassed (the decoder gets the l2-normalised continuous bottleneck, as SVQ's straight-through
@@ -10,7 +10,8 @@ value would be without the codebook) and the loss is pixel MSE, so that only the
 embedded dataset of the ``tiny`` preset (``--train-per-class`` overrides its training videos per class),
 rendered in memory, centre-cropped and resized to the tokenizer's clip size; training clips every 4 frames of
 the training videos (random horizontal flips), held-out clips the first ``tokenizer.frames`` frames of each test
-video. Adam with the preset's betas, batch ``train_tokenizer.micro_batch``, cosine to 1 % (or constant).
+video. Adam with the preset's betas, batch ``train_tokenizer.micro_batch`` (or ``--batch``), cosine to 1 %
+(or constant).
 
 Variants, all built from the same ``LARPTokenizer`` modules and weights initialisation:
 
@@ -149,7 +150,7 @@ def run(variant: str, args) -> dict:
     ae = autoencoder(model, variant)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(p.train_tokenizer.betas))
     g = torch.Generator().manual_seed(args.seed)
-    bs = p.train_tokenizer.micro_batch
+    bs = args.batch or p.train_tokenizer.micro_batch
     curve, t0 = [], time.time()
     print(f"{variant}: {len(train)} training clips, {len(test)} held-out, mean-colour baseline {baseline:.2f} dB")
     for step in range(args.steps):
@@ -191,6 +192,7 @@ def main() -> None:
     ap.add_argument("--query-init-std", type=float, default=preset("tiny").tokenizer.query_init_std)
     ap.add_argument("--lr", type=float, default=preset("tiny").train_tokenizer.lr)
     ap.add_argument("--constant-lr", action="store_true")
+    ap.add_argument("--batch", type=int, default=None, help="default: train_tokenizer.micro_batch")
     ap.add_argument("--qk-init-scale", type=float, default=1.0)
     ap.add_argument("--tokenizer", nargs="*", default=[], metavar="KEY=VALUE",
                     help="tokenizer sizes other than the preset's, e.g. size=16 num_tokens=16")

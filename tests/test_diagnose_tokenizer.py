@@ -61,7 +61,7 @@ def test_the_patch_aligned_decoder_reads_token_i_at_patch_i():
 
 def test_a_short_run_reports_a_held_out_curve_beside_the_baseline():
     args = argparse.Namespace(steps=4, eval_every=2, train_per_class=2, query_init_std=0.02, lr=1e-3,
-                              constant_lr=False, qk_init_scale=1.0, tokenizer=[], device="cpu", seed=0)
+                              constant_lr=False, batch=None, qk_init_scale=1.0, tokenizer=[], device="cpu", seed=0)
     out = diag.run("patch-aligned", args)
     assert [r["step"] for r in out["curve"]] == [2, 4]
     assert 5 < out["mean_colour_baseline_psnr"] < 40
