@@ -245,6 +245,8 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
     gen = load_generator(ar_weights, params, device)
     tok = load_tokenizer(tokenizer_weights, params, device)
     s = params.sample
+    inputs = {"tokenizer": sha256_file(tokenizer_weights), "ar": sha256_file(ar_weights)}  # once: both draws
+    shard_clips = clips_hash(clips)
 
     def draw(model: LARPGenerator, out: Path, mp4s: int, **what: str) -> None:
         dtype, decode = _precision(model, tok, params, device, torch.float16)  # the official decoder: fp16
@@ -253,10 +255,9 @@ def sample_shard(frames_dir: Path, tokenizer_weights: Path, ar_weights: Path, sh
                             dtype=dtype, progress=progress, decode=s.decode)
         table = pd.DataFrame({"index": [i for i, _ in pairs], "label": [c for _, c in pairs], "nll": res.nll})
         _write_shard(out, res.videos, table, mp4s=mp4s, meta=provenance(
-            {"sample": dataclasses.asdict(s)}, inputs={"tokenizer": sha256_file(tokenizer_weights),
-                                                       "ar": sha256_file(ar_weights)},
+            {"sample": dataclasses.asdict(s)}, inputs=inputs,
             shard=shard, num_shards=len(s.shards), indices=[idx.start, idx.stop], num_samples=len(pairs),
-            clips_hash=clips_hash(clips), seconds=round(time.time() - t0, 2), **what))
+            clips_hash=shard_clips, seconds=round(time.time() - t0, 2), **what))
 
     if s.ceiling:  # first, so that the shard's own sample.json (written last) means the whole shard is there
         draw(initial_generator(params, device), out_dir / CEILING_DIR, mp4s=0,
