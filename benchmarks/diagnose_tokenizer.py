@@ -39,13 +39,13 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
 from larp.config import preset
 from larp.data import embedded as E
+from larp.eval.metrics import mean_colour_psnr_per_video, psnr_per_video
 from larp.models import LARPTokenizer
 
 VARIANTS = ("holistic", "patch-aligned", "patch-encoder", "holistic-encoder")
@@ -71,10 +71,6 @@ def clips(params, size: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(train), torch.stack(test)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return -10 * (a - b).square().flatten(1).mean(1).clamp_min(1e-10).log10()
-
-
 def parts(model: LARPTokenizer, variant: str):
     """(encode, decode) of ``variant`` (module docstring): video -> bottleneck vectors, unit codes -> video."""
 
@@ -84,11 +80,7 @@ def parts(model: LARPTokenizer, variant: str):
 
     def decode_patches(codes):  # token i added to patch query i, the decoder over the patches alone
         x = model.bottleneck.out_linear(codes) + model.decoder_patch_query_embed
-        out = model.final_layer(model.decoder(x + model.decoder_patch_query_token_type_embed))
-        gt, gh, gw = model.grid
-        c = model.config
-        return rearrange(out, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)", t=gt, h=gh, w=gw,
-                         pt=c.patch_t, ph=c.patch_hw, pw=c.patch_hw, c=c.channels)
+        return model.unpatchify(model.final_layer(model.decoder(x + model.decoder_patch_query_token_type_embed)))
 
     encode = encode_patches if variant in ("patch-aligned", "patch-encoder") else model.encode_latents
     decode = decode_patches if variant in ("patch-aligned", "holistic-encoder") else model.decode_codes
@@ -141,7 +133,7 @@ def run(variant: str, args) -> dict:
     if variant == "holistic-encoder" and tok.num_tokens != tok.num_patches:
         raise SystemExit(f"holistic-encoder: needs tokenizer.num_tokens == patches ({tok.num_patches})")
     train, test = (x.to(args.device) for x in clips(emb, tok.size, tok.frames))
-    baseline = psnr(test.mean(dim=(2, 3, 4), keepdim=True).expand_as(test), test).mean().item()
+    baseline = mean_colour_psnr_per_video(test).mean().item()
     torch.manual_seed(args.seed)
     model = LARPTokenizer(tok).to(args.device)
     with torch.no_grad():
@@ -172,8 +164,8 @@ def run(variant: str, args) -> dict:
             entropy = attention_entropy(model, test[:8], variant)
             model.train()
             row = {"step": step + 1, "seconds": round(time.time() - t0, 1),
-                   "train_batch_psnr": round(psnr(rec.detach().clamp(0, 1), x).mean().item(), 2),
-                   "held_out_psnr": round(psnr(held_out, test).mean().item(), 2), "attention_entropy": entropy}
+                   "train_batch_psnr": round(psnr_per_video(rec.detach().clamp(0, 1), x).mean().item(), 2),
+                   "held_out_psnr": round(psnr_per_video(held_out, test).mean().item(), 2), "attention_entropy": entropy}
             curve.append(row)
             print(f"  step {row['step']:>6}  {row['seconds']:>7.1f} s  train batch {row['train_batch_psnr']:.2f} dB"
                   f"  held-out {row['held_out_psnr']:.2f} dB  attention entropy: encoder {entropy['encoder']:.2f}, "
@@ -202,7 +194,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    np.random.seed(args.seed)
     results = {"settings": {k: v for k, v in vars(args).items() if k != "out"},
                "runs": [run(v, args) for v in args.variants]}
     if args.out:

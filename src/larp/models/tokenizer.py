@@ -194,11 +194,15 @@ class LARPTokenizer(nn.Module):
         out_linear = self.bottleneck.out_linear  # codes are float32 (the SVQ's); weights may be cast (fp16 decoding)
         x = out_linear(codes.to(out_linear.weight.dtype)) + self.decoder_latent_pe
         queries = self.decoder_patch_query_embed + self.decoder_patch_query_token_type_embed
-        out = self.final_layer(self.decoder.forward_parallel(x, queries.expand(x.shape[0], -1, -1)))
+        out = self.decoder.forward_parallel(x, queries.expand(x.shape[0], -1, -1))
+        return self.unpatchify(self.final_layer(out))
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """Pixels per patch (b, n_patches, pt*ph*pw*c), patches in (t, h, w) order -> (b, c, t, h, w)."""
         gt, gh, gw = self.grid
         c = self.config
         return rearrange(
-            out,
+            patches,
             "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
             t=gt,
             h=gh,
